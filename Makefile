@@ -1,0 +1,71 @@
+# The single entry point. Every target bootstraps .venv on a fresh machine.
+#   make demo            the tour, on an embedded PostgreSQL unless SQUIDMESH_DSN is set
+#   make test            all tests (SQUIDMESH_TEST_DSN to use your own server;
+#                        SQUIDMESH_TEST_BACKEND=docker for a container)
+#   make test PYTEST_ARGS='-k cancel -x'
+#   make bench BENCH_ARGS='--runs 20000'
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
+	&& { echo $$p; break; }; done)
+endif
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test-dev
+
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help install demo test test-unit bench soak lint fmt fmt-check typecheck check clean
+
+help:
+	@echo "targets: demo test test-unit bench soak lint fmt fmt-check typecheck check clean"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m squidmesh demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.load --duration 600 --concurrency 32 --fail-rate 0.01
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+fmt-check: $(STAMP)
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f bench-*.json benchmarks/results/*.json

@@ -1,0 +1,153 @@
+-- Named queries over squidmesh.runs. Each block starts with "-- name: <name>".
+-- Every query returns runs as squidmesh.run_json(r)::text so that one
+-- msgspec decode builds the Run. JSON goes in as $n::text::jsonb, so a
+-- user's pool works whatever jsonb codec it has.
+--
+-- Lock order everywhere: run row, then step run row, then attempt row.
+-- FOR UPDATE is what semantics.md asks for; FOR NO KEY UPDATE would not block
+-- inserts of step runs referencing the run, a possible later relaxation.
+--
+-- Field writes take a (given?, value) pair per field so the SQL text stays
+-- stable (one prepared statement) whichever fields a caller passes.
+
+-- name: insert_run
+-- One round trip: the new run's timestamps come from the server clock.
+INSERT INTO squidmesh.runs AS r
+    (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id)
+VALUES ($1, $2, $3, 'pending', $4::text::jsonb, '{}'::jsonb, $5, $6)
+RETURNING squidmesh.run_json(r)::text;
+
+-- name: get_run
+-- Primary-key lookup.
+SELECT squidmesh.run_json(r)::text FROM squidmesh.runs r WHERE r.id = $1;
+
+-- name: lock_run
+-- The locking read for operations that run user code under the lock.
+SELECT squidmesh.run_json(r)::text FROM squidmesh.runs r WHERE r.id = $1 FOR UPDATE;
+
+-- name: list_runs
+-- Newest first; runs_inserted_idx. $1 = limit (NULL = all).
+SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
+FROM (SELECT * FROM squidmesh.runs
+      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+
+-- name: list_runs_by_workflow
+-- runs_workflow_inserted_idx.
+SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
+FROM (SELECT * FROM squidmesh.runs WHERE workflow = $2
+      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+
+-- name: list_runs_by_status
+-- runs_status_inserted_idx.
+SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
+FROM (SELECT * FROM squidmesh.runs WHERE status = $2
+      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+
+-- name: list_runs_by_workflow_status
+-- runs_workflow_status_inserted_idx.
+SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
+FROM (SELECT * FROM squidmesh.runs WHERE workflow = $2 AND status = $3
+      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+
+-- name: replay_source
+-- The source's workflow name, to resolve the entry step of its definition.
+SELECT workflow FROM squidmesh.runs WHERE id = $1;
+
+-- name: insert_replay
+-- Copies workflow, trigger and payload from the source in the same statement.
+INSERT INTO squidmesh.runs AS r
+    (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id)
+SELECT $1, s.workflow, s.trigger, 'pending', s.payload, '{}'::jsonb, $3, s.id
+FROM squidmesh.runs s WHERE s.id = $2
+RETURNING squidmesh.run_json(r)::text;
+
+-- name: transition_run
+-- One round trip: lock, check the move against the states it may come from
+-- ($9, from the state machine), write. Returns the status read under the
+-- lock and the new run (NULL when the move is illegal); no row = not found.
+WITH locked AS (
+    SELECT id, status FROM squidmesh.runs WHERE id = $1 FOR UPDATE
+), moved AS (
+    UPDATE squidmesh.runs r SET
+        status = $2,
+        context = CASE WHEN $3 THEN $4::text::jsonb ELSE r.context END,
+        current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
+        last_error = CASE WHEN $7 THEN $8::text::jsonb ELSE r.last_error END,
+        version = r.version + 1,
+        updated_at = now()
+    FROM locked
+    WHERE r.id = locked.id AND locked.status = ANY($9::text[])
+    RETURNING squidmesh.run_json(r)::text AS run
+)
+SELECT locked.status, moved.run FROM locked LEFT JOIN moved ON true;
+
+-- name: update_run
+-- The UPDATE takes the row lock itself; status is untouched.
+UPDATE squidmesh.runs r SET
+    context = CASE WHEN $2 THEN $3::text::jsonb ELSE r.context END,
+    current_step = CASE WHEN $4 THEN $5 ELSE r.current_step END,
+    last_error = CASE WHEN $6 THEN $7::text::jsonb ELSE r.last_error END,
+    version = r.version + 1,
+    updated_at = now()
+WHERE r.id = $1
+RETURNING squidmesh.run_json(r)::text;
+
+-- name: cancel_run
+-- One round trip for every branch, decided on the state read under the lock:
+--   1. pending or paused -> cancelled, current_step cleared;
+--   2. running or retrying -> cancelling (the runtime finishes the step);
+--   3. anything else: no write, the caller raises InvalidTransition.
+-- In branch 1 for a paused run, the paused step's step run (if still
+-- running) and its latest running attempt are failed with $2.
+WITH locked AS (
+    SELECT id, status, current_step FROM squidmesh.runs WHERE id = $1 FOR UPDATE
+), moved AS (
+    UPDATE squidmesh.runs r SET
+        status = CASE WHEN locked.status IN ('pending', 'paused')
+                      THEN 'cancelled' ELSE 'cancelling' END,
+        current_step = NULL,
+        version = r.version + 1,
+        updated_at = now()
+    FROM locked
+    WHERE r.id = locked.id
+      AND locked.status IN ('pending', 'paused', 'running', 'retrying')
+    RETURNING squidmesh.run_json(r)::text AS run
+), failed_step AS (
+    UPDATE squidmesh.step_runs s SET
+        status = 'failed', last_error = $2::text::jsonb, updated_at = now()
+    FROM locked
+    WHERE locked.status = 'paused' AND s.run_id = locked.id
+      AND s.step = locked.current_step AND s.status = 'running'
+    RETURNING s.id, s.step, s.inserted_at
+), failed_attempt AS (
+    UPDATE squidmesh.step_attempts a SET
+        status = 'failed', error = $2::text::jsonb, updated_at = now()
+    FROM (SELECT a2.id FROM squidmesh.step_attempts a2
+          JOIN failed_step fs ON a2.step_run_id = fs.id
+          WHERE a2.status = 'running'
+          ORDER BY a2.attempt_number DESC LIMIT 1) latest
+    WHERE a.id = latest.id
+    RETURNING a.attempt_number, a.inserted_at
+)
+SELECT locked.status, moved.run,
+       failed_step.step AS failed_step,
+       failed_attempt.attempt_number,
+       extract(epoch FROM now() - coalesce(failed_attempt.inserted_at, failed_step.inserted_at))::float8
+           AS duration_s
+FROM locked
+LEFT JOIN moved ON true
+LEFT JOIN failed_step ON true
+LEFT JOIN failed_attempt ON true;
+
+-- name: write_run
+-- A write to a row the caller already locked in its transaction
+-- (SELECT ... FOR UPDATE): status $2 (NULL = unchanged) and fields.
+UPDATE squidmesh.runs r SET
+    status = coalesce($2, r.status),
+    context = CASE WHEN $3 THEN $4::text::jsonb ELSE r.context END,
+    current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
+    last_error = CASE WHEN $7 THEN $8::text::jsonb ELSE r.last_error END,
+    version = r.version + 1,
+    updated_at = now()
+WHERE r.id = $1
+RETURNING squidmesh.run_json(r)::text;

@@ -1,0 +1,96 @@
+"""JSON at the asyncpg boundary: msgspec in both directions.
+
+Values cross the boundary as text (``$n::text::jsonb`` in, ``::text`` out) so
+that a user's pool with any jsonb codec, or none, behaves the same. Encoders
+and decoders are created once and reused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import msgspec
+
+from ._types import JSONMap, Run
+
+# A value nested deeper than this is refused before it reaches PostgreSQL,
+# whose own parser would fail on a far deeper value with a less clear error.
+MAX_DEPTH: Final = 256
+# jsonb refuses values over 256 MiB; refuse far earlier with a clear message.
+MAX_ENCODED_BYTES: Final = 64 * 1024 * 1024
+
+_encoder: Final = msgspec.json.Encoder()
+_map_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+_opt_map_decoder: Final = msgspec.json.Decoder(dict[str, Any] | None)
+run_decoder: Final = msgspec.json.Decoder(Run)
+runs_decoder: Final = msgspec.json.Decoder(list[Run])
+
+
+def json_problem(value: object, path: str = "$") -> str | None:
+    """Describe why ``value`` is not a storable JSON value, or return None.
+
+    Refuses what msgspec would otherwise encode lossily or PostgreSQL cannot
+    store: sets and tuples, arbitrary objects, NaN and infinities, NUL
+    characters, non-string keys, and nesting deeper than ``MAX_DEPTH``.
+    """
+    return _problem(value, path, 0)
+
+
+def _problem(value: object, path: str, depth: int) -> str | None:
+    # Exact type checks: subclasses (bool of int, enums of str) are decided
+    # explicitly rather than by isinstance accidents.
+    t = type(value)
+    if value is None or t is bool or t is int:
+        return None
+    if t is str:
+        return f"{path}: string contains a NUL character" if "\x00" in value else None  # type: ignore[operator]
+    if t is float:
+        return None if math.isfinite(value) else f"{path}: {value!r} is not a finite number"  # type: ignore[arg-type]
+    if depth >= MAX_DEPTH:
+        return f"{path}: nested deeper than {MAX_DEPTH} levels"
+    if t is dict:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                return f"{path}: key {k!r} is not a string"
+            if "\x00" in k:
+                return f"{path}: key {k!r} contains a NUL character"
+            p = _problem(v, f"{path}.{k}", depth + 1)
+            if p:
+                return p
+        return None
+    if t is list:
+        for i, v in enumerate(value):  # type: ignore[arg-type]
+            p = _problem(v, f"{path}[{i}]", depth + 1)
+            if p:
+                return p
+        return None
+    return f"{path}: {t.__name__} is not a JSON value (use dict, list, str, int, float, bool or None)"
+
+
+def encode(value: object) -> str:
+    """Encode an already-checked JSON value to the text a ``::text::jsonb`` parameter takes."""
+    data = _encoder.encode(value)
+    if len(data) > MAX_ENCODED_BYTES:
+        from ._errors import InvalidRun
+
+        raise InvalidRun(
+            f"encoded JSON is {len(data)} bytes; the limit is {MAX_ENCODED_BYTES} bytes"
+        )
+    return data.decode()
+
+
+def decode_map(text: str) -> JSONMap:
+    return _map_decoder.decode(text)
+
+
+def decode_opt_map(text: str | None) -> JSONMap | None:
+    return None if text is None else _map_decoder.decode(text)
+
+
+def decode_run(text: str | bytes) -> Run:
+    return run_decoder.decode(text)
+
+
+def decode_runs(text: str | bytes) -> list[Run]:
+    return runs_decoder.decode(text)

