@@ -46,7 +46,9 @@ def _problem(value: object, path: str, depth: int) -> str | None:
     if t is str:
         return f"{path}: string contains a NUL character" if "\x00" in value else None  # type: ignore[operator]
     if t is float:
-        return None if math.isfinite(value) else f"{path}: {value!r} is not a finite number"  # type: ignore[arg-type]
+        if math.isfinite(value):  # type: ignore[arg-type]
+            return None
+        return f"{path}: {value!r} is not a finite number"
     if depth >= MAX_DEPTH:
         return f"{path}: nested deeper than {MAX_DEPTH} levels"
     if t is dict:
@@ -65,7 +67,10 @@ def _problem(value: object, path: str, depth: int) -> str | None:
             if p:
                 return p
         return None
-    return f"{path}: {t.__name__} is not a JSON value (use dict, list, str, int, float, bool or None)"
+    return (
+        f"{path}: {t.__name__} is not a JSON value "
+        "(use dict, list, str, int, float, bool or None)"
+    )
 
 
 def encode(value: object) -> str:

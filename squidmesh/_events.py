@@ -22,19 +22,19 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base class of the events squidmesh reports."""
 
 
-class RunCreated(Event, tag="run_created"):
+class RunCreated(Event, frozen=True, kw_only=True, tag="run_created"):
     """A run was created (``create_run``, ``create_and_dispatch_run``)."""
 
     run: Run
 
 
-class RunReplayed(Event, tag="run_replayed"):
+class RunReplayed(Event, frozen=True, kw_only=True, tag="run_replayed"):
     """A run was created as a replay; ``run.replayed_from_run_id`` is the source."""
 
     run: Run
 
 
-class RunTransitioned(Event, tag="run_transitioned"):
+class RunTransitioned(Event, frozen=True, kw_only=True, tag="run_transitioned"):
     """A run moved from one state to another."""
 
     run: Run
@@ -42,7 +42,7 @@ class RunTransitioned(Event, tag="run_transitioned"):
     to_status: RunStatus
 
 
-class StepFailed(Event, tag="step_failed"):
+class StepFailed(Event, frozen=True, kw_only=True, tag="step_failed"):
     """A step was failed by the store (a paused run cancelled, a pause on a
     finished run). ``attempt_number`` is None when the step had no running
     attempt; ``duration_s`` counts from the attempt (or step run) start."""
@@ -76,4 +76,6 @@ async def emit(listeners: Sequence[Listener], events: Sequence[object]) -> None:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                logger.exception("squidmesh listener %r failed on %s", listener, type(event).__name__)
+                logger.exception(
+                    "squidmesh listener %r failed on %s", listener, type(event).__name__
+                )

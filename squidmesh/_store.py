@@ -196,7 +196,7 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             UnknownStatus: ``status`` is not one of the eight states.
         """
         lim = limit if type(limit) is int and limit > 0 else None
-        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        name: object = workflow.name if isinstance(workflow, Workflow) else workflow
         if name is not None and not isinstance(name, str):
             return []  # no run can have a non-string workflow name
         st = None if status is None else state_machine.coerce_status(status).value

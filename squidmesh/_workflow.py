@@ -252,9 +252,7 @@ class Field(_Frozen):
         return (_rebuild_field, (self.name, self.type, self.required, self.default))
 
 
-def _rebuild_field(
-    name: str, type_: builtins.type, required: bool, default: object
-) -> Field:
+def _rebuild_field(name: str, type_: builtins.type, required: bool, default: object) -> Field:
     return Field(name, type_, required=required, default=default)
 
 
@@ -617,7 +615,13 @@ class _Checker:
             self.problems.append(f"workflow name must be a non-empty string, got {name!r}")
         self._check_triggers(triggers)
         self._check_steps(steps)
-        valid_transitions = self._check_transitions(transitions)
+        self._check_transitions(transitions)
+        # Entry and approval checks look at every transition from a known
+        # step, even one already reported (a duplicate, a bad target): it
+        # still shows intent, and ignoring it would add follow-on problems.
+        from_known = [
+            t for t in transitions if isinstance(t, Transition) and t.from_step in self.step_names
+        ]
         self.dependency_based = any(step.after for step in self.steps)
         if self.dependency_based:
             if transitions:
@@ -627,8 +631,8 @@ class _Checker:
                 )
             self._check_dependencies()
         elif self.steps:
-            self._check_entry(valid_transitions)
-            self._check_approvals(valid_transitions)
+            self._check_entry(from_known)
+            self._check_approvals(from_known)
 
     def _check_triggers(self, triggers: tuple[object, ...]) -> None:
         if not triggers:
@@ -707,10 +711,14 @@ class _Checker:
                 )
                 continue
             if step.name == COMPLETE:
+                # Left out of the step list: as a step it could never be
+                # reached (to="complete" ends the run), so it would also show
+                # up as a second entry step.
                 self.problems.append(
                     f"step name {COMPLETE!r} is reserved: it is the transition target "
                     "that ends the workflow"
                 )
+                continue
             if step.name in seen:
                 self.problems.append(f"duplicate step name {step.name!r}")
                 continue
@@ -723,8 +731,7 @@ class _Checker:
             self.steps.append(step)
         self.step_names = {step.name for step in self.steps}
 
-    def _check_transitions(self, transitions: tuple[object, ...]) -> list[Transition]:
-        valid: list[Transition] = []
+    def _check_transitions(self, transitions: tuple[object, ...]) -> None:
         seen: set[tuple[str, str]] = set()
         for index, transition in enumerate(transitions):
             if not isinstance(transition, Transition):
@@ -752,13 +759,10 @@ class _Checker:
             key = (transition.from_step, transition.on)
             if key in seen:
                 self.problems.append(
-                    f"duplicate transition from step {transition.from_step!r} "
-                    f"on {transition.on!r}"
+                    f"duplicate transition from step {transition.from_step!r} on {transition.on!r}"
                 )
                 continue
             seen.add(key)
-            valid.append(transition)
-        return valid
 
     def _check_entry(self, transitions: list[Transition]) -> None:
         targets = {t.to for t in transitions}
@@ -919,4 +923,3 @@ def _cycle_through(start: str, members: set[str], edges: dict[str, list[str]]) -
             path.pop()
     # Unreachable for a component of two or more steps, which always has a cycle.
     return [start, start]
-

@@ -483,7 +483,7 @@ def test_every_problem_is_listed_together() -> None:
         Workflow(
             "",
             triggers=[
-                Trigger("t", [Field("a", str), Field("a", set)]),  # type: ignore[arg-type]
+                Trigger("t", [Field("a", str), Field("a", set)]),
                 Trigger("t"),
             ],
             steps=[
@@ -512,12 +512,15 @@ def test_every_problem_is_listed_together() -> None:
         "duplicate transition from step 'load' on 'ok'",
         "starts at unknown step 'ghost'",
         "leads to unknown step 'nowhere'",
-        "entry steps",
-        "approval step 'approve'",
+        "approval step 'approve' must declare both an 'ok' and an 'error' transition; "
+        "missing: 'error'",
     ]
     for fragment in expected_fragments:
         assert any(fragment in p for p in problems), (fragment, problems)
     assert len(problems) == len(expected_fragments), problems
+    # The transition from the unknown step 'ghost' does not count as leading
+    # to 'load', so 'load' is the one entry step and no entry problem follows.
+    assert not any("entry" in p for p in problems)
     message = str(info.value)
     for problem in problems:
         assert problem in message
@@ -638,7 +641,7 @@ def test_field_attributes_and_repr() -> None:
     dated = Field("posted_on", str, default=TODAY_ISO8601)
     assert dated.has_default and dated.is_optional
     assert repr(dated) == "Field('posted_on', str, default=squidmesh.TODAY_ISO8601)"
-    assert Field("x", set).type_name == "set"  # type: ignore[arg-type]
+    assert Field("x", set).type_name == "set"
 
 
 def test_field_equality() -> None:
@@ -686,13 +689,13 @@ def test_trigger_values() -> None:
 def test_definitions_are_immutable() -> None:
     wf = invoice_reminder()
     with pytest.raises(AttributeError):
-        wf.name = "other"  # type: ignore[misc]
+        wf.name = "other"
     with pytest.raises(AttributeError):
-        wf.steps[0].kind = "approval"  # type: ignore[misc]
+        wf.steps[0].kind = "approval"
     with pytest.raises(AttributeError):
-        wf.triggers[0].payload[0].required = False  # type: ignore[misc]
+        wf.triggers[0].payload[0].required = False
     with pytest.raises(AttributeError):
-        del wf.transitions[0].to  # type: ignore[misc]
+        del wf.transitions[0].to
 
 
 def test_workflow_equality_repr_and_pickle() -> None:
@@ -717,3 +720,8 @@ def test_generators_are_accepted_as_sequences() -> None:
         steps=(s for s in [Step("a")]),  # type: ignore[arg-type]
     )
     assert wf.steps == (Step("a"),)
+
+
+def test_step_named_complete_is_not_counted_as_an_entry() -> None:
+    problem = only_problem(steps=[Step("a"), Step("complete")])
+    assert "'complete' is reserved" in problem
