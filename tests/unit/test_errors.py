@@ -1,0 +1,204 @@
+"""Every error class: parents, attributes, messages, pickling."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from uuid import UUID
+
+import pytest
+
+import squidmesh
+from squidmesh import (
+    AttemptNotFound,
+    InvalidPayload,
+    InvalidRun,
+    InvalidTransition,
+    InvalidTrigger,
+    InvalidWorkflow,
+    RunNotFound,
+    SquidMeshError,
+    StepRunNotFound,
+    UnknownStatus,
+    WorkflowDefinitionError,
+)
+
+RUN_ID = UUID("01890a5d-ac96-7a7b-8c3b-0123456789ab")
+
+# (instance, builtin parents it must have, attributes, fragments of the message)
+CASES: list[tuple[SquidMeshError, tuple[type, ...], dict[str, object], tuple[str, ...]]] = [
+    (RunNotFound(RUN_ID), (LookupError,), {"run_id": RUN_ID}, (str(RUN_ID), "not found")),
+    (RunNotFound("nope"), (LookupError,), {"run_id": "nope"}, ("'nope'", "not found")),
+    (
+        StepRunNotFound(RUN_ID),
+        (LookupError,),
+        {"step_run_id": RUN_ID},
+        (str(RUN_ID), "not found"),
+    ),
+    (
+        AttemptNotFound(RUN_ID),
+        (LookupError,),
+        {"attempt_id": RUN_ID},
+        (str(RUN_ID), "not found"),
+    ),
+    (
+        InvalidTransition("completed", "cancelling"),
+        (),
+        {"from_status": "completed", "to_status": "cancelling"},
+        ("'completed'", "'cancelling'"),
+    ),
+    (UnknownStatus("Running"), (ValueError,), {"value": "Running"}, ("'Running'", "pending")),
+    (UnknownStatus(None), (ValueError,), {"value": None}, ("None",)),
+    (
+        InvalidWorkflow("billing.nope"),
+        (),
+        {"name": "billing.nope"},
+        ("'billing.nope'", "not registered"),
+    ),
+    (
+        InvalidTrigger("webhook", "billing.invoice_reminder"),
+        (),
+        {"name": "webhook", "workflow": "billing.invoice_reminder"},
+        ("'webhook'", "'billing.invoice_reminder'"),
+    ),
+    (
+        InvalidPayload(["account_id"], ["extra"], {"note": "expected str, got int"}, False),
+        (ValueError,),
+        {
+            "missing_fields": ["account_id"],
+            "unknown_fields": ["extra"],
+            "invalid_types": {"note": "expected str, got int"},
+            "expected_map": False,
+        },
+        ("account_id", "extra", "note", "expected str, got int"),
+    ),
+    (
+        InvalidPayload(expected_map=True),
+        (ValueError,),
+        {"missing_fields": [], "unknown_fields": [], "invalid_types": {}, "expected_map": True},
+        ("expected a map",),
+    ),
+    (
+        InvalidRun("context cannot be stored as JSON: $: NaN"),
+        (),
+        {"reason": "context cannot be stored as JSON: $: NaN"},
+        ("context cannot be stored as JSON",),
+    ),
+    (
+        WorkflowDefinitionError(["no trigger", "duplicate step 'a'"]),
+        (ValueError,),
+        {"problems": ["no trigger", "duplicate step 'a'"]},
+        ("no trigger", "duplicate step 'a'"),
+    ),
+]
+IDS = [f"{type(c[0]).__name__}-{i}" for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize(("error", "parents", "attrs", "fragments"), CASES, ids=IDS)
+def test_hierarchy(
+    error: SquidMeshError,
+    parents: tuple[type, ...],
+    attrs: dict[str, object],
+    fragments: tuple[str, ...],
+) -> None:
+    assert isinstance(error, SquidMeshError)
+    assert isinstance(error, Exception)
+    for parent in parents:
+        assert isinstance(error, parent)
+
+
+@pytest.mark.parametrize(("error", "parents", "attrs", "fragments"), CASES, ids=IDS)
+def test_attributes_and_message(
+    error: SquidMeshError,
+    parents: tuple[type, ...],
+    attrs: dict[str, object],
+    fragments: tuple[str, ...],
+) -> None:
+    for name, value in attrs.items():
+        assert getattr(error, name) == value
+    message = str(error)
+    assert message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(("error", "parents", "attrs", "fragments"), CASES, ids=IDS)
+def test_pickle_round_trip(
+    error: SquidMeshError,
+    parents: tuple[type, ...],
+    attrs: dict[str, object],
+    fragments: tuple[str, ...],
+) -> None:
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        clone = pickle.loads(pickle.dumps(error, protocol=protocol))
+        assert type(clone) is type(error)
+        assert str(clone) == str(error)
+        assert clone.args == error.args
+        for name, value in attrs.items():
+            assert getattr(clone, name) == value
+    assert str(copy.deepcopy(error)) == str(error)
+
+
+def test_every_error_class_is_covered() -> None:
+    classes = {
+        obj
+        for name in squidmesh.__all__
+        if isinstance(obj := getattr(squidmesh, name), type) and issubclass(obj, BaseException)
+    }
+    covered = {type(case[0]) for case in CASES} | {SquidMeshError}
+    assert classes == covered
+
+
+def test_invalid_transition_message_is_actionable() -> None:
+    error = InvalidTransition(squidmesh.RunStatus.COMPLETED, squidmesh.RunStatus.CANCELLING)
+    # Enum members are stored as their plain values.
+    assert error.from_status == "completed"
+    assert type(error.from_status) is str
+    assert str(error) == "cannot move run from 'completed' to 'cancelling'"
+
+
+def test_unknown_status_lists_the_states() -> None:
+    message = str(UnknownStatus("nope"))
+    for status in squidmesh.RunStatus:
+        assert status.value in message
+
+
+def test_invalid_payload_copies_its_inputs() -> None:
+    missing = ["a"]
+    invalid = {"b": "expected int"}
+    error = InvalidPayload(missing, [], invalid)
+    missing.append("zzz")
+    invalid["c"] = "x"
+    assert error.missing_fields == ["a"]
+    assert error.invalid_types == {"b": "expected int"}
+
+
+def test_invalid_payload_defaults() -> None:
+    error = InvalidPayload()
+    assert error.missing_fields == []
+    assert error.unknown_fields == []
+    assert error.invalid_types == {}
+    assert error.expected_map is False
+    assert str(error)
+
+
+def test_invalid_trigger_without_workflow() -> None:
+    error = InvalidTrigger("webhook")
+    assert error.workflow is None
+    assert "'webhook'" in str(error)
+    assert pickle.loads(pickle.dumps(error)).workflow is None
+
+
+def test_workflow_definition_error_lists_every_problem_on_its_own_line() -> None:
+    error = WorkflowDefinitionError(["one", "two", "three"])
+    lines = str(error).splitlines()
+    assert sum(1 for line in lines if line.strip() in {"- one", "- two", "- three"}) == 3
+
+
+def test_errors_can_be_raised_and_caught_by_builtin_parent() -> None:
+    with pytest.raises(LookupError):
+        raise RunNotFound("x")
+    with pytest.raises(ValueError):
+        raise InvalidPayload(expected_map=True)
+    with pytest.raises(ValueError):
+        raise UnknownStatus("x")
