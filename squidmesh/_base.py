@@ -66,8 +66,11 @@ def field_params(changes: RunChanges) -> FieldParams:
     if step is not UNSET and step is not None:
         if type(step) is not str:
             raise InvalidRun(f"current_step must be a str or None, not {type(step).__name__}")
-        if not step or len(step) > 255 or "\x00" in step:
-            raise InvalidRun("current_step must be 1 to 255 characters with no NUL character")
+        if not step or len(step) > 255 or _codec.text_problem(step):
+            raise InvalidRun(
+                "current_step must be 1 to 255 characters with no NUL character "
+                "or lone surrogate"
+            )
         step_val = step
     if err is not UNSET and err is not None:
         err_text = _encode_map("last_error", err)

@@ -8,6 +8,8 @@ and decoders are created once and reused.
 from __future__ import annotations
 
 import math
+import re
+from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
@@ -21,6 +23,14 @@ MAX_DEPTH: Final = 256
 MAX_ENCODED_BYTES: Final = 64 * 1024 * 1024
 
 _encoder: Final = msgspec.json.Encoder()
+# For the rare value holding a float that needs writing out in full (see encode).
+_decimal_encoder: Final = msgspec.json.Encoder(decimal_format="number")
+# A number in exponent form with a positive exponent ("1e300", "1.5e16"). Also
+# matches such text inside strings: that only costs a walk, never correctness.
+_POSITIVE_EXPONENT: Final = re.compile(rb"[0-9]e[0-9]")
+# A lone surrogate cannot be encoded as UTF-8, so neither msgspec nor asyncpg
+# can send it.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _map_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 _opt_map_decoder: Final = msgspec.json.Decoder(dict[str, Any] | None)
 run_decoder: Final = msgspec.json.Decoder(Run)
@@ -44,7 +54,8 @@ def _problem(value: object, path: str, depth: int) -> str | None:
     if value is None or t is bool or t is int:
         return None
     if t is str:
-        return f"{path}: string contains a NUL character" if "\x00" in value else None  # type: ignore[operator]
+        problem = text_problem(value)  # type: ignore[arg-type]
+        return f"{path}: string {problem}" if problem else None
     if t is float:
         if math.isfinite(value):  # type: ignore[arg-type]
             return None
@@ -55,8 +66,9 @@ def _problem(value: object, path: str, depth: int) -> str | None:
         for k, v in value.items():  # type: ignore[attr-defined]
             if type(k) is not str:
                 return f"{path}: key {k!r} is not a string"
-            if "\x00" in k:
-                return f"{path}: key {k!r} contains a NUL character"
+            problem = text_problem(k)
+            if problem:
+                return f"{path}: key {k!r} {problem}"
             p = _problem(v, f"{path}.{k}", depth + 1)
             if p:
                 return p
@@ -73,9 +85,24 @@ def _problem(value: object, path: str, depth: int) -> str | None:
     )
 
 
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store ``text`` (a NUL, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    if not text.isascii() and _SURROGATE.search(text):
+        return "contains a lone surrogate (not encodable as UTF-8)"
+    return None
+
+
 def encode(value: object) -> str:
     """Encode an already-checked JSON value to the text a ``::text::jsonb`` parameter takes."""
     data = _encoder.encode(value)
+    if _POSITIVE_EXPONENT.search(data):
+        # jsonb stores numbers as numeric, whose text form writes every digit
+        # and no exponent: 1e300 would come back as a 301-digit int, which is
+        # not equal to the float. Written out in full with ".0", the number
+        # keeps a fractional scale and decodes back to the same float.
+        data = _decimal_encoder.encode(_expand_floats(value))
     if len(data) > MAX_ENCODED_BYTES:
         from ._errors import InvalidRun
 
@@ -83,6 +110,20 @@ def encode(value: object) -> str:
             f"encoded JSON is {len(data)} bytes; the limit is {MAX_ENCODED_BYTES} bytes"
         )
     return data.decode()
+
+
+def _expand_floats(value: object) -> object:
+    t = type(value)
+    if t is float:
+        text = _encoder.encode(value)
+        if b"e" in text and b"e-" not in text:
+            return Decimal(format(Decimal(text.decode()), "f") + ".0")
+        return value
+    if t is dict:
+        return {k: _expand_floats(v) for k, v in value.items()}  # type: ignore[attr-defined]
+    if t is list:
+        return [_expand_floats(v) for v in value]  # type: ignore[attr-defined]
+    return value
 
 
 def decode_map(text: str) -> JSONMap:

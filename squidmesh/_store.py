@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
 from msgspec import UNSET, UnsetType
@@ -17,16 +17,10 @@ from ._ids import uuid7
 from ._payload import build_payload
 from ._progress import ProgressOps
 from ._sql import Q
-from ._steps import StepOps
+from ._steps import CANCELLED_WHILE_PAUSED, StepOps
+from ._steps import CANCELLED_WHILE_PAUSED_TEXT as _CANCELLED_WHILE_PAUSED_TEXT
 from ._types import JSONMap, Run, RunChanges, RunStatus
 from ._workflow import Workflow
-
-# Written to the paused step's step run and attempt when its run is cancelled.
-CANCELLED_WHILE_PAUSED: Final[JSONMap] = {
-    "message": "run cancelled while paused",
-    "reason": "cancelled",
-}
-_CANCELLED_WHILE_PAUSED_TEXT: Final = _codec.encode(CANCELLED_WHILE_PAUSED)
 
 
 async def no_reset(conn: asyncpg.Connection) -> None:
@@ -197,8 +191,8 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         """
         lim = limit if type(limit) is int and limit > 0 else None
         name: object = workflow.name if isinstance(workflow, Workflow) else workflow
-        if name is not None and not isinstance(name, str):
-            return []  # no run can have a non-string workflow name
+        if name is not None and (not isinstance(name, str) or _codec.text_problem(name)):
+            return []  # no run can have such a workflow name: inserting it is refused
         st = None if status is None else state_machine.coerce_status(status).value
         if name is None and st is None:
             text = await self._pool.fetchval(Q["list_runs"], lim)

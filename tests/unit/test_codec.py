@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -61,6 +62,8 @@ REFUSED: list[tuple[object, str]] = [
     (-math.inf, "finite"),
     ({"a": [1, math.nan]}, "finite"),
     ("a\x00b", "NUL"),
+    ("\ud800", "surrogate"),
+    ({"k\udc00": 1}, "surrogate"),
     ({"note": "x\x00"}, "NUL"),
     ({"k\x00": 1}, "NUL"),
     ([["\x00"]], "NUL"),
@@ -132,7 +135,7 @@ def test_depth_limit_boundary() -> None:
     [
         {},
         {"a": 1, "b": [1, 2, {"c": None}], "d": "\u00e9", "e": 1.25, "f": False},
-        {"big": 2**62, "neg": -7, "float": 1e-300, "str": "tab\tnewline\n\"quote\""},
+        {"big": 2**62, "neg": -7, "float": 1e-300, "str": 'tab\tnewline\n"quote"'},
         {"nested": _nest_dicts(50)},
     ],
     ids=lambda v: repr(v)[:30],
@@ -237,3 +240,23 @@ def test_run_is_frozen() -> None:
     run = _codec.decode_run(msgspec.json.encode(_run_json()))
     with pytest.raises(AttributeError):
         run.status = RunStatus.FAILED  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "value", [1e300, -1e23, 1.7976931348623157e308, 1.5e16, 5e-324, 2.0, 0.1], ids=repr
+)
+def test_encoded_floats_keep_a_fraction_or_stay_small(value: float) -> None:
+    # jsonb rewrites numbers without exponent; a positive exponent in the text
+    # sent would come back as an int. The encoded text must decode to the same
+    # float even after that rewrite.
+    text = _codec.encode({"v": value, "in_list": [value]})
+    assert "e+" not in text
+    assert not re.search(r"[0-9]e[0-9]", text)
+    decoded = _codec.decode_map(text)
+    assert decoded == {"v": value, "in_list": [value]}
+    assert type(decoded["v"]) is float
+
+
+def test_text_that_looks_like_an_exponent_is_untouched() -> None:
+    value = {"s": "1e300", "k1e5": [1, "2e9"]}
+    assert _codec.decode_map(_codec.encode(value)) == value

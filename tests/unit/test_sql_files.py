@@ -75,7 +75,9 @@ def test_parse_queries_refuses_duplicates() -> None:
 
 
 def test_parse_queries_keeps_comments_and_strips_semicolon() -> None:
-    parsed = parse_queries("-- header\n-- name: one\n-- purpose\nSELECT 1;\n\n-- name: two\nSELECT 2")
+    parsed = parse_queries(
+        "-- header\n-- name: one\n-- purpose\nSELECT 1;\n\n-- name: two\nSELECT 2"
+    )
     assert parsed == {"one": "-- purpose\nSELECT 1", "two": "SELECT 2"}
 
 
@@ -124,9 +126,9 @@ def _takes_row_lock(sql: str) -> bool:
 @pytest.mark.parametrize("name", sorted(Q))
 def test_row_locks_only_in_lock_transition_and_cancel_queries(name: str) -> None:
     if _takes_row_lock(Q[name]):
-        assert (
-            name.startswith("lock_") or "transition" in name or "cancel" in name
-        ), f"{name} takes a row lock but its name does not say so"
+        assert name.startswith("lock_") or "transition" in name or "cancel" in name, (
+            f"{name} takes a row lock but its name does not say so"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(n for n in Q if n.startswith("lock_")))

@@ -59,7 +59,7 @@ BAD_VALUES: list[object] = [
 ]
 
 
-def _both_forms(name: str) -> list[object]:
+def _both_forms(name: str) -> list[RunStatus | str]:
     return [name, RunStatus(name)]
 
 

@@ -1,0 +1,169 @@
+"""``python -m benchmarks``: the suite, against an embedded durable PostgreSQL or --dsn.
+
+Examples::
+
+    python -m benchmarks                      # the full suite (a few minutes)
+    python -m benchmarks --quick              # under a minute
+    python -m benchmarks --only transition_run --concurrency 16 --runs 20000
+    python -m benchmarks --profile transition_run
+    python -m benchmarks --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _harness as h
+from . import bench_history, bench_list, bench_ops
+
+SUITES = ("history", "list")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    op_names = [b.name for b in bench_ops.operations()]
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="squidmesh operations against raw asyncpg, on the same server and pool.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--dsn", help="a server to use (default: $SQUIDMESH_DSN, else an embedded durable one)"
+    )
+    parser.add_argument(
+        "--runs", type=int, help="timed calls per variant and concurrency (default 3000; quick 300)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="rounds the calls are split into (default 5; quick 3)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        default="1,16",
+        help="comma-separated concurrency levels (default 1,16)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NAME",
+        action="append",
+        choices=[*op_names, *SUITES],
+        help=f"run only this part (repeatable): {', '.join([*op_names, *SUITES])}",
+    )
+    parser.add_argument(
+        "--list-rows",
+        type=int,
+        help="rows in the list_runs table (default 1,000,000; quick 100,000)",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="transition_run",
+        metavar="OP",
+        choices=op_names,
+        help="profile the squidmesh side of OP (default transition_run) and exit",
+    )
+    parser.add_argument(
+        "--proposal",
+        choices=sorted(h.PROPOSALS),
+        help="apply a proposed schema change after migrating (to measure it)",
+    )
+    args = parser.parse_args(argv)
+    args.concurrencies = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    if not args.concurrencies or min(args.concurrencies) < 1:
+        parser.error("--concurrency takes positive integers, e.g. 1,16")
+    args.runs = args.runs or (300 if args.quick else 3000)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.list_rows = args.list_rows or (100_000 if args.quick else 1_000_000)
+    return args
+
+
+async def main(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    machine = h.machine_info()
+    report: dict[str, Any] = {
+        "machine": machine,
+        "args": {
+            "quick": args.quick,
+            "runs": args.runs,
+            "rounds": args.rounds,
+            "concurrency": args.concurrencies,
+            "only": args.only,
+            "list_rows": args.list_rows,
+            "pool_size": h.POOL_SIZE,
+            "proposal": args.proposal,
+        },
+    }
+    live = h.LiveLine()
+    async with h.server(args.dsn) as (admin_dsn, source):
+        server = await h.server_info(admin_dsn)
+        server["source"] = source
+        report["postgres"] = server
+        print(_header(machine, server, args))
+        if args.profile:
+            async with h.fresh_database(admin_dsn, "profile", args.proposal) as dsn:
+                text, shares = await bench_ops.profile_op(dsn, args.profile, max(args.runs, 2000))
+            print(text)
+            report["profile"] = {"op": args.profile, "shares_percent": shares}
+            _write_json(args.json, report)
+            return 0
+
+        selected = set(args.only or [])
+        benches = [b for b in bench_ops.operations() if not selected or b.name in selected]
+        if benches:
+            async with h.fresh_database(admin_dsn, "ops", args.proposal) as dsn:
+                results = await bench_ops.run_ops(
+                    dsn, benches, args.concurrencies, args.runs, args.rounds, live
+                )
+            report["operations"] = [r.as_dict() for r in results]
+            print()
+            print(bench_ops.results_table(results))
+        if not selected or "history" in selected:
+            async with h.fresh_database(admin_dsn, "history", args.proposal) as dsn:
+                history = await bench_history.run(dsn, 200 if args.quick else 2000, live)
+            report["history"] = history
+            print()
+            print(bench_history.describe(history))
+        if not selected or "list" in selected:
+            async with h.fresh_database(admin_dsn, "list", args.proposal) as dsn:
+                listing = await bench_list.run(
+                    dsn, args.list_rows, 200 if args.quick else 2000, live
+                )
+            report["list"] = listing
+            print()
+            print(bench_list.describe(listing))
+    elapsed = time.monotonic() - started
+    report["elapsed_s"] = round(elapsed, 1)
+    print(f"\nfinished in {elapsed:.0f} s")
+    _write_json(args.json, report)
+    return 0
+
+
+def _header(machine: dict[str, Any], server: dict[str, Any], args: argparse.Namespace) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(server["settings"].items()))
+    return (
+        f"squidmesh {machine['squidmesh']} ({machine['git']}), asyncpg {machine['asyncpg']}, "
+        f"Python {machine['python']}\n"
+        f"machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB\n"
+        f"PostgreSQL {server['version']} ({server['source']}): {settings}\n"
+        f"pool: {h.POOL_SIZE} connections, reset=squidmesh.no_reset unless marked; "
+        f"{args.runs} calls per variant and concurrency in {args.rounds} rounds; "
+        f"{machine['date']}" + (f"\nPROPOSAL APPLIED: {args.proposal}" if args.proposal else "")
+    )
+
+
+def _write_json(path: Path | None, report: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        h.status(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main(parse_args(None))))
+    except KeyboardInterrupt:
+        sys.exit(130)

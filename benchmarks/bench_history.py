@@ -1,0 +1,175 @@
+"""get_run(include_history=True) for a run with 50 step runs x 3 attempts.
+
+Reports ops/s and p50 at each concurrency, the number of statements one call
+sends (counted with asyncpg's query logger after warm-up: one statement is
+one round trip), and, next to it, the textbook read of the same data with
+three plain SELECTs (run, step runs, attempts) on one connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from uuid import UUID
+
+import asyncpg
+
+from squidmesh import RunStore, Step, Trigger, Workflow
+
+from . import _harness as h
+
+STEPS: Final = 50
+ATTEMPTS: Final = 3
+HISTORY_WORKFLOW: Final = Workflow(
+    "bench.history",
+    triggers=[Trigger("manual")],
+    steps=[
+        Step(f"step_{i:02d}", after=[f"step_{i - 1:02d}"] if i > 1 else [])
+        for i in range(1, STEPS + 1)
+    ],
+)
+
+SQL_FILL: Final = """\
+WITH s AS (
+    INSERT INTO squidmesh.step_runs
+        (id, run_id, step, kind, status, input, output, inserted_at, updated_at)
+    SELECT gen_random_uuid(), $1, 'step_' || lpad(g::text, 2, '0'), 'step', 'completed',
+           jsonb_build_object('n', g, 'source', 's3://bucket/key-' || g),
+           jsonb_build_object('rows', g * 100, 'ok', true),
+           now() + g * interval '1 second', now() + g * interval '1 second'
+    FROM generate_series(1, $2::int) AS g
+    RETURNING id, inserted_at
+)
+INSERT INTO squidmesh.step_attempts
+    (id, step_run_id, attempt_number, status, error, inserted_at, updated_at)
+SELECT gen_random_uuid(), s.id, a,
+       CASE WHEN a < $3::int THEN 'failed' ELSE 'completed' END,
+       CASE WHEN a < $3::int THEN jsonb_build_object('message', 'timeout', 'attempt', a) END,
+       s.inserted_at + a * interval '10 milliseconds',
+       s.inserted_at + a * interval '10 milliseconds'
+FROM s, generate_series(1, $3::int) AS a"""
+
+SQL_BASE_RUN: Final = "SELECT * FROM squidmesh.runs WHERE id = $1"
+SQL_BASE_STEPS: Final = (
+    "SELECT * FROM squidmesh.step_runs WHERE run_id = $1 ORDER BY inserted_at, id"
+)
+SQL_BASE_ATTEMPTS: Final = """\
+SELECT a.* FROM squidmesh.step_attempts a
+JOIN squidmesh.step_runs s ON s.id = a.step_run_id
+WHERE s.run_id = $1 ORDER BY a.step_run_id, a.attempt_number"""
+
+
+async def _baseline(pool: asyncpg.Pool, run_id: UUID) -> object:
+    async with pool.acquire() as conn:
+        run = await conn.fetchrow(SQL_BASE_RUN, run_id)
+        steps = await conn.fetch(SQL_BASE_STEPS, run_id)
+        attempts = await conn.fetch(SQL_BASE_ATTEMPTS, run_id)
+    return run, steps, attempts
+
+
+async def run(dsn: str, calls: int, live: h.LiveLine) -> dict[str, Any]:
+    """Time the history read; ``{"available": False}`` while it is not implemented."""
+    pool = await h.open_pool(dsn)
+    try:
+        store = RunStore(pool, workflows=[HISTORY_WORKFLOW])
+        created = await store.create_run("bench.history", {})
+        await pool.execute(SQL_FILL, created.id, STEPS, ATTEMPTS)
+        await pool.execute("ANALYZE")
+        try:
+            full = await store.get_run(created.id, include_history=True)
+        except NotImplementedError as exc:
+            return {"available": False, "reason": str(exc)}
+        step_runs = full.step_runs or []
+        shape = {
+            "step_runs": len(step_runs),
+            "attempts": sum(len(s.attempts) for s in step_runs),
+            "steps": len(full.steps or []),
+        }
+        statements = await _count(dsn, created.id)
+        result: dict[str, Any] = {"available": True, "shape": shape, "statements": statements}
+        rows = []
+        for conc in (1, 16):
+            items = [created.id] * calls
+
+            async def squid(uid: UUID) -> object:
+                return await store.get_run(uid, include_history=True)
+
+            async def base(uid: UUID) -> object:
+                return await _baseline(pool, uid)
+
+            live.start(f"history c={conc} warm-up", 2 * max(50, 4 * conc))
+            await h.timed(squid, items[: max(50, 4 * conc)], conc, live)
+            await h.timed(base, items[: max(50, 4 * conc)], conc, live)
+            live.start(f"history c={conc}", 2 * calls)
+            t_base: list[h.Timing] = []
+            t_squid: list[h.Timing] = []
+            per_round = max(conc, calls // 4)
+            for r in range(4):
+                order = [(base, t_base), (squid, t_squid)]
+                for fn, sink in order if r % 2 == 0 else order[::-1]:
+                    sink.append(await h.timed(fn, items[:per_round], conc, live))
+            await live.stop()
+            ratios = [s.ops_per_s / b.ops_per_s for s, b in zip(t_squid, t_base, strict=True)]
+            for name, sink, ratio in (
+                ("3 SELECTs, raw (run, step runs, attempts)", t_base, None),
+                ("squidmesh get_run(include_history=True)", t_squid, h.median(ratios)),
+            ):
+                s = h.Summary.of(sink)
+                rows.append(
+                    {
+                        "concurrency": conc,
+                        "variant": name,
+                        "ops_per_s": round(s.ops_per_s, 1),
+                        "p50_ms": round(s.p50_ms, 4),
+                        "p99_ms": round(s.p99_ms, 4),
+                        "ratio": None if ratio is None else round(ratio, 3),
+                    }
+                )
+        result["rows"] = rows
+        return result
+    finally:
+        await pool.close()
+
+
+async def _count(dsn: str, run_id: UUID) -> dict[str, Any]:
+    counter = h.StatementCounter()
+    pool = await h.open_pool(dsn, size=1, init=counter.init)
+    try:
+        store = RunStore(pool, workflows=[HISTORY_WORKFLOW])
+        for _ in range(2):
+            await store.get_run(run_id, include_history=True)
+        counter.reset()
+        await store.get_run(run_id, include_history=True)
+        squid = counter.count
+        squid_queries = list(counter.queries)
+        await _baseline(pool, run_id)
+        counter.reset()
+        await _baseline(pool, run_id)
+        base = counter.count
+    finally:
+        await pool.close()
+    return {"squidmesh": squid, "squidmesh_queries": squid_queries, "baseline": base}
+
+
+def describe(result: dict[str, Any]) -> str:
+    if not result.get("available"):
+        return f"history: get_run(include_history=True) not measured: {result.get('reason')}"
+    shape = result["shape"]
+    stmts = result["statements"]
+    head = (
+        f"history: one run with {shape['step_runs']} step runs x "
+        f"{shape['attempts'] // max(1, shape['step_runs'])} attempts ({shape['steps']} declared "
+        f"steps); statements per call: squidmesh {stmts['squidmesh']}, "
+        f"textbook {stmts['baseline']}"
+    )
+    rows = [
+        (
+            r["concurrency"],
+            r["variant"],
+            r["ops_per_s"],
+            r["p50_ms"],
+            r["p99_ms"],
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+        )
+        for r in result["rows"]
+    ]
+    return head + "\n" + h.table(("conc", "variant", "ops/s", "p50 ms", "p99 ms", "ratio"), rows)

@@ -1,0 +1,35 @@
+-- The history read behind get_run(run_id, include_history=True).
+
+-- name: run_history
+-- One round trip, however many step runs and attempts the run has: the run,
+-- then its step runs (inserted_at, id: step_runs_run_id_step_key finds them
+-- by run) each with its attempts (attempt_number:
+-- step_attempts_step_run_id_number_key), plus each step run's stored kind
+-- and recorded manual decision, the sources of the audit events. Built as
+-- one JSON text that msgspec decodes in one pass; the declared-step view
+-- and the audit events are derived from it in Python. Timestamps go through
+-- squidmesh.utc_iso so the session's TimeZone never matters.
+-- No row = no such run.
+SELECT json_build_object(
+    'run', squidmesh.run_json(r),
+    'step_runs', coalesce((
+        SELECT json_agg(json_build_object(
+            'kind', s.kind,
+            'manual', s.manual,
+            'step_run', json_build_object(
+                'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
+                'output', s.output, 'last_error', s.last_error,
+                'attempts', coalesce((
+                    SELECT json_agg(json_build_object(
+                        'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
+                        'error', a.error,
+                        'inserted_at', squidmesh.utc_iso(a.inserted_at),
+                        'updated_at', squidmesh.utc_iso(a.updated_at))
+                        ORDER BY a.attempt_number)
+                    FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+                'inserted_at', squidmesh.utc_iso(s.inserted_at),
+                'updated_at', squidmesh.utc_iso(s.updated_at)))
+            ORDER BY s.inserted_at, s.id)
+        FROM squidmesh.step_runs s WHERE s.run_id = r.id), '[]'))::text
+FROM squidmesh.runs r
+WHERE r.id = $1;

@@ -1,0 +1,288 @@
+-- Named queries over squidmesh.step_runs and squidmesh.step_attempts: the
+-- step history writes of a runtime, and pause_run.
+--
+-- Every step-run query returns the step run as one JSON text (attempts
+-- included, by attempt_number) that msgspec decodes straight into
+-- squidmesh.StepRun; attempt queries return a squidmesh.StepAttempt the same
+-- way. JSON goes in as $n::text::jsonb so any pool codec works.
+--
+-- Lock order everywhere: run row, then step run row, then attempt row. The
+-- step writes below lock only the row they change (the UPDATE or INSERT
+-- takes it); inserting a step run also takes a KEY SHARE lock on its run
+-- through the foreign key, so it waits behind a transaction that holds the
+-- run FOR UPDATE (cancel_run, pause_run).
+
+-- name: begin_step
+-- One round trip. $1 new id, $2 run id, $3 step, $4 input, $5/$6 the
+-- registered workflows declaring $3 with a manual kind, and those kinds.
+-- ON CONFLICT DO UPDATE (not DO NOTHING plus a SELECT) because only it
+-- returns a row committed by a concurrent caller after this statement's
+-- snapshot was taken: two racing callers both get the one step run. A
+-- scheduled (pending) step run is started; any other is returned as is.
+-- No row = the run does not exist.
+WITH run AS (
+    SELECT id, workflow FROM squidmesh.runs WHERE id = $2
+), written AS (
+    INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
+    SELECT $1, run.id, $3,
+           coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
+                     WHERE m.workflow = run.workflow), 'step'),
+           'running', $4::text::jsonb
+    FROM run
+    ON CONFLICT (run_id, step) DO UPDATE SET
+        status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
+        input = CASE WHEN s.status = 'pending' THEN EXCLUDED.input ELSE s.input END,
+        updated_at = CASE WHEN s.status = 'pending' THEN now() ELSE s.updated_at END
+    RETURNING s.*
+)
+SELECT json_build_object(
+    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
+    'output', s.output, 'last_error', s.last_error,
+    'attempts', coalesce((
+        SELECT json_agg(json_build_object(
+            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
+            'error', a.error,
+            'inserted_at', squidmesh.utc_iso(a.inserted_at),
+            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
+        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+    'inserted_at', squidmesh.utc_iso(s.inserted_at),
+    'updated_at', squidmesh.utc_iso(s.updated_at))::text
+FROM written s;
+
+-- name: schedule_step
+-- One round trip, the same shape as begin_step: a new step run is pending;
+-- an existing one is returned unchanged (the no-op update is what makes
+-- RETURNING hand back a row a concurrent caller just committed).
+WITH run AS (
+    SELECT id, workflow FROM squidmesh.runs WHERE id = $2
+), written AS (
+    INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
+    SELECT $1, run.id, $3,
+           coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
+                     WHERE m.workflow = run.workflow), 'step'),
+           'pending', $4::text::jsonb
+    FROM run
+    ON CONFLICT (run_id, step) DO UPDATE SET status = s.status
+    RETURNING s.*
+)
+SELECT json_build_object(
+    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
+    'output', s.output, 'last_error', s.last_error,
+    'attempts', coalesce((
+        SELECT json_agg(json_build_object(
+            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
+            'error', a.error,
+            'inserted_at', squidmesh.utc_iso(a.inserted_at),
+            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
+        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+    'inserted_at', squidmesh.utc_iso(s.inserted_at),
+    'updated_at', squidmesh.utc_iso(s.updated_at))::text
+FROM written s;
+
+-- name: finish_step
+-- One round trip: complete ($2 = 'completed', output $3) or fail ($2 =
+-- 'failed', last_error $4) a step run. A NULL $3 / $4 keeps the stored value.
+-- No row = no such step run.
+WITH written AS (
+    UPDATE squidmesh.step_runs s SET
+        status = $2,
+        output = coalesce($3::text::jsonb, s.output),
+        last_error = coalesce($4::text::jsonb, s.last_error),
+        updated_at = now()
+    WHERE s.id = $1
+    RETURNING s.*
+)
+SELECT json_build_object(
+    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
+    'output', s.output, 'last_error', s.last_error,
+    'attempts', coalesce((
+        SELECT json_agg(json_build_object(
+            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
+            'error', a.error,
+            'inserted_at', squidmesh.utc_iso(a.inserted_at),
+            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
+        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+    'inserted_at', squidmesh.utc_iso(s.inserted_at),
+    'updated_at', squidmesh.utc_iso(s.updated_at))::text
+FROM written s;
+
+-- name: complete_manual_step
+-- One round trip: complete a manual step run with output $2 and record the
+-- human decision in `manual` (event $3, actor $4, comment $5, metadata $6,
+-- at $7, or the server clock when NULL), always formatted in UTC.
+WITH written AS (
+    UPDATE squidmesh.step_runs s SET
+        status = 'completed',
+        output = coalesce($2::text::jsonb, s.output),
+        manual = jsonb_build_object(
+            'event', $3::text, 'actor', $4::text, 'comment', $5::text,
+            'metadata', $6::text::jsonb,
+            'at', squidmesh.utc_iso(coalesce($7::timestamptz, now()))),
+        updated_at = now()
+    WHERE s.id = $1
+    RETURNING s.*
+)
+SELECT json_build_object(
+    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
+    'output', s.output, 'last_error', s.last_error,
+    'attempts', coalesce((
+        SELECT json_agg(json_build_object(
+            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
+            'error', a.error,
+            'inserted_at', squidmesh.utc_iso(a.inserted_at),
+            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
+        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+    'inserted_at', squidmesh.utc_iso(s.inserted_at),
+    'updated_at', squidmesh.utc_iso(s.updated_at))::text
+FROM written s;
+
+-- name: record_resume
+-- One round trip: store what a paused step resumes to; status unchanged.
+WITH written AS (
+    UPDATE squidmesh.step_runs s SET resume = $2::text::jsonb, updated_at = now()
+    WHERE s.id = $1
+    RETURNING s.*
+)
+SELECT json_build_object(
+    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
+    'output', s.output, 'last_error', s.last_error,
+    'attempts', coalesce((
+        SELECT json_agg(json_build_object(
+            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
+            'error', a.error,
+            'inserted_at', squidmesh.utc_iso(a.inserted_at),
+            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
+        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+    'inserted_at', squidmesh.utc_iso(s.inserted_at),
+    'updated_at', squidmesh.utc_iso(s.updated_at))::text
+FROM written s;
+
+-- name: lock_step_run
+-- The locking read of begin_attempt's contended path (see lock_and_begin_attempt).
+SELECT id FROM squidmesh.step_runs WHERE id = $1 FOR UPDATE;
+
+-- name: lock_and_begin_attempt
+-- $1 new id, $2 step run id. Locks the step run, then inserts number max + 1
+-- (step_attempts_step_run_id_number_key serves the max).
+-- Under READ COMMITTED the max is read from the statement's snapshot, which
+-- predates a competitor that committed while we waited for (or just before
+-- we took) the lock; max + 1 then collides with that competitor's number and
+-- the unique constraint refuses it. Never a wrong number, but the caller must
+-- retry: it does so as lock_step_run + lock_and_begin_attempt in one
+-- transaction, where this statement's snapshot is taken after the lock is held.
+-- No row = no such step run.
+WITH step_run AS (
+    SELECT id FROM squidmesh.step_runs WHERE id = $2 FOR UPDATE
+), written AS (
+    INSERT INTO squidmesh.step_attempts AS a (id, step_run_id, attempt_number, status)
+    SELECT $1, sr.id,
+           1 + coalesce((SELECT max(x.attempt_number) FROM squidmesh.step_attempts x
+                         WHERE x.step_run_id = sr.id), 0),
+           'running'
+    FROM step_run sr
+    RETURNING a.*
+)
+SELECT json_build_object(
+    'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status, 'error', a.error,
+    'inserted_at', squidmesh.utc_iso(a.inserted_at),
+    'updated_at', squidmesh.utc_iso(a.updated_at))::text
+FROM written a;
+
+-- name: finish_attempt
+-- One round trip: $2 = 'completed' or 'failed', error $3 (NULL keeps it).
+-- No row = no such attempt.
+UPDATE squidmesh.step_attempts a SET
+    status = $2,
+    error = coalesce($3::text::jsonb, a.error),
+    updated_at = now()
+WHERE a.id = $1
+RETURNING json_build_object(
+    'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status, 'error', a.error,
+    'inserted_at', squidmesh.utc_iso(a.inserted_at),
+    'updated_at', squidmesh.utc_iso(a.updated_at))::text;
+
+-- name: lock_and_pause_run
+-- One round trip for every branch, decided on the state read under the lock.
+-- $1 run, $2 step run, $3 attempt (NULL = none), $4 the states paused may
+-- be entered from, $5..$10 the (given?, value) field writes, $11 the
+-- cancellation error.
+--   1. failed / completed / cancelled: the run is untouched; the step run and
+--      attempt are failed if still running (the cancellation error for a
+--      cancelled run, else "run already finalized before pause progression"
+--      with the status);
+--   2. cancelling: the same finalisation with the cancellation error, and
+--      the run moves to cancelled keeping only the given context
+--      (current_step and last_error cleared, as progress_run does);
+--   3. a legal move to paused: write it with the fields;
+--   4. anything else: no write, the caller raises InvalidTransition.
+-- Nothing is written unless the step run belongs to the run and the attempt
+-- (when given) to the step run; the found flags let the caller say which.
+-- Locks: the run (locked), then the step run (step joins locked), then the
+-- attempt (attempt joins step): the data dependencies fix that order.
+WITH locked AS (
+    SELECT r.id, r.status, squidmesh.run_json(r)::text AS run
+    FROM squidmesh.runs r WHERE r.id = $1 FOR UPDATE
+), step AS (
+    SELECT s.id, s.step, s.inserted_at
+    FROM squidmesh.step_runs s JOIN locked ON s.run_id = locked.id
+    WHERE s.id = $2 FOR UPDATE OF s
+), attempt AS (
+    SELECT a.id
+    FROM squidmesh.step_attempts a JOIN step ON a.step_run_id = step.id
+    WHERE a.id = $3 FOR UPDATE OF a
+), decision AS (
+    SELECT locked.id,
+           CASE WHEN locked.status IN ('failed', 'completed', 'cancelled') THEN 'terminal'
+                WHEN locked.status = 'cancelling' THEN 'cancel'
+                WHEN locked.status = ANY($4::text[]) THEN 'pause'
+                ELSE 'illegal' END AS branch,
+           CASE WHEN locked.status IN ('cancelled', 'cancelling') THEN $11::text::jsonb
+                ELSE jsonb_build_object(
+                    'message', 'run already finalized before pause progression',
+                    'status', locked.status) END AS error
+    FROM locked
+    WHERE EXISTS (SELECT 1 FROM step)
+      AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM attempt))
+), moved AS (
+    UPDATE squidmesh.runs r SET
+        status = CASE WHEN d.branch = 'cancel' THEN 'cancelled' ELSE 'paused' END,
+        context = CASE WHEN $5 THEN $6::text::jsonb ELSE r.context END,
+        current_step = CASE WHEN d.branch = 'cancel' THEN NULL
+                            WHEN $7 THEN $8 ELSE r.current_step END,
+        last_error = CASE WHEN d.branch = 'cancel' THEN NULL
+                          WHEN $9 THEN $10::text::jsonb ELSE r.last_error END,
+        version = r.version + 1,
+        updated_at = now()
+    FROM decision d
+    WHERE r.id = d.id AND d.branch IN ('cancel', 'pause')
+    RETURNING squidmesh.run_json(r)::text AS run
+), failed_step AS (
+    UPDATE squidmesh.step_runs s SET
+        status = 'failed', last_error = d.error, updated_at = now()
+    FROM decision d, step
+    WHERE s.id = step.id AND d.branch IN ('terminal', 'cancel') AND s.status = 'running'
+    RETURNING s.id
+), failed_attempt AS (
+    UPDATE squidmesh.step_attempts a SET
+        status = 'failed', error = d.error, updated_at = now()
+    FROM decision d, attempt
+    WHERE a.id = attempt.id AND d.branch IN ('terminal', 'cancel') AND a.status = 'running'
+    RETURNING a.attempt_number, a.inserted_at
+)
+SELECT locked.status AS from_status,
+       EXISTS (SELECT 1 FROM step) AS step_found,
+       EXISTS (SELECT 1 FROM attempt) AS attempt_found,
+       decision.branch,
+       decision.error::text AS error,
+       coalesce(moved.run, locked.run) AS run,
+       step.step,
+       failed_step.id IS NOT NULL AS step_failed,
+       failed_attempt.attempt_number,
+       extract(epoch FROM now() - coalesce(failed_attempt.inserted_at, step.inserted_at))::float8
+           AS duration_s
+FROM locked
+LEFT JOIN decision ON true
+LEFT JOIN moved ON true
+LEFT JOIN step ON true
+LEFT JOIN failed_step ON true
+LEFT JOIN failed_attempt ON true;

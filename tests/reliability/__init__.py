@@ -1,0 +1,1 @@
+"""Reliability: a reference model, races, fault injection and hostile input."""
