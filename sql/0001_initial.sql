@@ -97,11 +97,11 @@ CREATE TABLE squidmesh.step_attempts (
 -- straight into squidmesh.Run in one pass. Timestamps are formatted in UTC
 -- explicitly so that the session's TimeZone setting never matters.
 CREATE FUNCTION squidmesh.utc_iso(ts timestamptz) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
 CREATE FUNCTION squidmesh.run_json(r squidmesh.runs) RETURNS json
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     RETURN json_build_object(
         'id', r.id,
         'workflow', r.workflow,
@@ -115,3 +115,65 @@ CREATE FUNCTION squidmesh.run_json(r squidmesh.runs) RETURNS json
         'version', r.version,
         'inserted_at', squidmesh.utc_iso(r.inserted_at),
         'updated_at', squidmesh.utc_iso(r.updated_at));
+
+-- cancel_run in one round trip, as a function because its steps need fresh
+-- snapshots: the run row is locked first, and only then are the paused
+-- step's step run and attempt looked up, so a step run or attempt that a
+-- worker committed while we waited for the lock is seen and failed too (a
+-- single statement would read them from the snapshot taken before the wait).
+-- Decided on the state read under the lock:
+--   1. pending or paused -> cancelled;
+--   2. running or retrying -> cancelling (the runtime finishes the step);
+--   3. anything else: no write; the caller raises InvalidTransition.
+-- current_step is cleared in cases 1 and 2. For a paused run, the paused
+-- step's step run (if still running) and its latest running attempt are
+-- failed with p_error. No row back means the run does not exist.
+CREATE FUNCTION squidmesh.cancel_run(p_id uuid, p_error jsonb)
+RETURNS TABLE (from_status text, run text, failed_step text,
+               attempt_number integer, duration_s double precision)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_status text;
+    v_step text;
+    v_step_run_id uuid;
+    v_started timestamptz;
+    v_attempt_started timestamptz;
+BEGIN
+    SELECT r.status, r.current_step INTO v_status, v_step
+    FROM squidmesh.runs r WHERE r.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    from_status := v_status;
+    IF v_status NOT IN ('pending', 'paused', 'running', 'retrying') THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    UPDATE squidmesh.runs r SET
+        status = CASE WHEN v_status IN ('pending', 'paused') THEN 'cancelled' ELSE 'cancelling' END,
+        current_step = NULL,
+        version = r.version + 1,
+        updated_at = now()
+    WHERE r.id = p_id
+    RETURNING squidmesh.run_json(r)::text INTO run;
+    IF v_status = 'paused' AND v_step IS NOT NULL THEN
+        -- Lock order: run (above), then step run, then attempt.
+        UPDATE squidmesh.step_runs s SET
+            status = 'failed', last_error = p_error, updated_at = now()
+        WHERE s.run_id = p_id AND s.step = v_step AND s.status = 'running'
+        RETURNING s.id, s.step, s.inserted_at INTO v_step_run_id, failed_step, v_started;
+        IF v_step_run_id IS NOT NULL THEN
+            UPDATE squidmesh.step_attempts a SET
+                status = 'failed', error = p_error, updated_at = now()
+            WHERE a.id = (SELECT a2.id FROM squidmesh.step_attempts a2
+                          WHERE a2.step_run_id = v_step_run_id AND a2.status = 'running'
+                          ORDER BY a2.attempt_number DESC LIMIT 1
+                          FOR UPDATE)
+            RETURNING a.attempt_number, a.inserted_at INTO attempt_number, v_attempt_started;
+            -- From the attempt's start, or the step run's when it had none.
+            duration_s := extract(epoch FROM now() - coalesce(v_attempt_started, v_started));
+        END IF;
+    END IF;
+    RETURN NEXT;
+END;
+$$;

@@ -93,51 +93,11 @@ WHERE r.id = $1
 RETURNING squidmesh.run_json(r)::text;
 
 -- name: cancel_run
--- One round trip for every branch, decided on the state read under the lock:
---   1. pending or paused -> cancelled, current_step cleared;
---   2. running or retrying -> cancelling (the runtime finishes the step);
---   3. anything else: no write, the caller raises InvalidTransition.
--- In branch 1 for a paused run, the paused step's step run (if still
--- running) and its latest running attempt are failed with $2.
-WITH locked AS (
-    SELECT id, status, current_step FROM squidmesh.runs WHERE id = $1 FOR UPDATE
-), moved AS (
-    UPDATE squidmesh.runs r SET
-        status = CASE WHEN locked.status IN ('pending', 'paused')
-                      THEN 'cancelled' ELSE 'cancelling' END,
-        current_step = NULL,
-        version = r.version + 1,
-        updated_at = now()
-    FROM locked
-    WHERE r.id = locked.id
-      AND locked.status IN ('pending', 'paused', 'running', 'retrying')
-    RETURNING squidmesh.run_json(r)::text AS run
-), failed_step AS (
-    UPDATE squidmesh.step_runs s SET
-        status = 'failed', last_error = $2::text::jsonb, updated_at = now()
-    FROM locked
-    WHERE locked.status = 'paused' AND s.run_id = locked.id
-      AND s.step = locked.current_step AND s.status = 'running'
-    RETURNING s.id, s.step, s.inserted_at
-), failed_attempt AS (
-    UPDATE squidmesh.step_attempts a SET
-        status = 'failed', error = $2::text::jsonb, updated_at = now()
-    FROM (SELECT a2.id FROM squidmesh.step_attempts a2
-          JOIN failed_step fs ON a2.step_run_id = fs.id
-          WHERE a2.status = 'running'
-          ORDER BY a2.attempt_number DESC LIMIT 1) latest
-    WHERE a.id = latest.id
-    RETURNING a.attempt_number, a.inserted_at
-)
-SELECT locked.status, moved.run,
-       failed_step.step AS failed_step,
-       failed_attempt.attempt_number,
-       extract(epoch FROM now() - coalesce(failed_attempt.inserted_at, failed_step.inserted_at))::float8
-           AS duration_s
-FROM locked
-LEFT JOIN moved ON true
-LEFT JOIN failed_step ON true
-LEFT JOIN failed_attempt ON true;
+-- One round trip; the branches and the paused-step finalisation live in the
+-- function squidmesh.cancel_run (sql/0001_initial.sql), which locks the run
+-- row FOR UPDATE before it reads anything else.
+SELECT from_status, run, failed_step, attempt_number, duration_s
+FROM squidmesh.cancel_run($1, $2::text::jsonb);
 
 -- name: write_run
 -- A write to a row the caller already locked in its transaction

@@ -14,6 +14,7 @@ from squidmesh._sql import Q, load_queries, migrations, parse_queries
 ROOT = Path(__file__).resolve().parents[2] / "sql"
 QUERY_FILES = sorted((ROOT / "queries").glob("*.sql"))
 MIGRATION_FILES = sorted(ROOT.glob("*.sql"))
+MIGRATION = "\n".join(p.read_text(encoding="utf-8") for p in MIGRATION_FILES)
 NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
@@ -137,5 +138,9 @@ def test_lock_queries_lock(name: str) -> None:
 
 
 def test_the_one_statement_state_changes_lock_first() -> None:
-    for name in ("transition_run", "cancel_run"):
-        assert _takes_row_lock(Q[name]), name
+    assert _takes_row_lock(Q["transition_run"])
+    # cancel_run calls a function whose first statement locks the run row.
+    assert "squidmesh.cancel_run(" in Q["cancel_run"]
+    body = MIGRATION.split("CREATE FUNCTION squidmesh.cancel_run", 1)[1]
+    first_select = body.split("BEGIN", 1)[1].split(";", 1)[0]
+    assert _takes_row_lock(first_select)
