@@ -167,9 +167,7 @@ async def _tour(dsn: str) -> None:
 
 
 async def _history_tour(store: RunStore) -> None:
-    """A run's history as an operator sees it; needs the history operations."""
-    if not hasattr(store, "begin_attempt"):
-        return
+    """A run's history as an operator sees it, written as a runtime would."""
     _say("7. One run's history: steps, attempts and the approval decision")
     run = await store.create_run(
         invoice_reminder,
