@@ -7,6 +7,7 @@ roll back together, and that events follow commit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,10 @@ from squidmesh import (
     RunStore,
     RunTransitioned,
     UnknownStatus,
+    no_reset,
+    progress,
 )
+from tests.integration.workflows import WORKFLOWS
 
 S = RunStatus
 WORKFLOW = "billing.invoice_reminder"
@@ -417,3 +421,106 @@ async def test_update_and_dispatch_bad_changes_never_dispatch(
         await store.update_and_dispatch_run(run.id, bad, dispatch)
     assert dispatch.calls == []
     assert await store.get_run(run.id) == run
+
+
+# -- round trips -----------------------------------------------------------------
+
+
+async def _noop(conn: Any, run: Run) -> None:
+    return None
+
+
+def _raise(conn: Any, run: Run) -> None:
+    raise Boom("dispatch failed")
+
+
+ROUND_TRIPS: list[tuple[str, Callable[[RunStore, Run], Any], list[str]]] = [
+    (
+        "create_and_dispatch_run",
+        lambda s, r: s.create_and_dispatch_run(WORKFLOW, PAYLOAD, _noop),
+        ["BEGIN", "INSERT", "SELECT 1", "COMMIT"],
+    ),
+    (
+        "replay_and_dispatch_run",
+        lambda s, r: s.replay_and_dispatch_run(r.id, _noop),
+        ["BEGIN", "SELECT", "INSERT", "SELECT 1", "COMMIT"],
+    ),
+    (
+        "transition_and_dispatch_run",
+        lambda s, r: s.transition_and_dispatch_run(r.id, "running", None, _noop),
+        ["BEGIN", "LOCK", "UPDATE", "SELECT 1", "COMMIT"],
+    ),
+    (
+        "update_and_dispatch_run",
+        lambda s, r: s.update_and_dispatch_run(r.id, {"context": {}}, _noop),
+        ["BEGIN", "LOCK", "UPDATE", "SELECT 1", "COMMIT"],
+    ),
+    (
+        "update_run_with",
+        lambda s, r: s.update_run_with(r.id, lambda run: {"context": {}}),
+        ["BEGIN", "LOCK", "UPDATE", "COMMIT"],
+    ),
+    (
+        "transition_run_with",
+        lambda s, r: s.transition_run_with(r.id, "running", lambda run: None),
+        ["BEGIN", "LOCK", "UPDATE", "COMMIT"],
+    ),
+    (
+        "progress_run-TransitionOrDispatch",
+        lambda s, r: s.progress_run(
+            r.id, lambda run: None, progress.TransitionOrDispatch("running", _noop)
+        ),
+        ["BEGIN", "LOCK", "UPDATE", "SELECT 1", "COMMIT"],
+    ),
+    (
+        "progress_run-DispatchOrFail",
+        lambda s, r: s.progress_run(
+            r.id, lambda run: {"context": {}}, progress.DispatchOrFail(_noop, lambda r, e: {})
+        ),
+        ["BEGIN", "LOCK", "UPDATE", "SAVEPOINT", "RELEASE", "COMMIT"],
+    ),
+    (
+        "progress_run-DispatchOrFail-failing",
+        lambda s, r: s.progress_run(
+            r.id, lambda run: {"context": {}}, progress.DispatchOrFail(_raise, lambda r, e: {})
+        ),
+        ["BEGIN", "LOCK", "UPDATE", "SAVEPOINT", "ROLLBACK TO", "UPDATE", "COMMIT"],
+    ),
+]
+
+
+def _kind(query: str) -> str:
+    text = " ".join(line for line in query.splitlines() if not line.startswith("--")).strip()
+    if "FOR UPDATE" in text and text.startswith("SELECT"):
+        return "LOCK"
+    for kind in ("SELECT 1", "ROLLBACK TO", "SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"):
+        if text.startswith(kind):
+            return kind
+    return text.split()[0]
+
+
+@pytest.mark.parametrize(
+    ("operation", "expected"),
+    [(op, expected) for _, op, expected in ROUND_TRIPS],
+    ids=[name for name, _, _ in ROUND_TRIPS],
+)
+async def test_round_trips(
+    dsn: str, operation: Callable[[RunStore, Run], Any], expected: list[str]
+) -> None:
+    statements: list[str] = []
+
+    async def init(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    counting = await asyncpg.create_pool(dsn, min_size=1, max_size=1, init=init, reset=no_reset)
+    try:
+        store = RunStore(counting, workflows=WORKFLOWS)
+        run = await store.create_run(WORKFLOW, PAYLOAD)
+        await asyncio.sleep(0)  # runs the loggers asyncpg scheduled with call_soon
+        statements.clear()
+        await operation(store, run)
+        await asyncio.sleep(0)
+        # One statement is one round trip once asyncpg has prepared it (per connection).
+        assert [_kind(q) for q in statements] == expected
+    finally:
+        await counting.close()
