@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -38,25 +38,6 @@ async def wait_until_blocked(monitor: asyncpg.Connection, holder_pid: int, count
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), timeout=TIMEOUT_S)
-
-
-@pytest.fixture
-async def holder(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """Connection A: takes the row lock. lock_timeout turns a deadlock into a failure."""
-    conn = await asyncpg.connect(dsn, server_settings={"lock_timeout": f"{TIMEOUT_S}s"})
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def monitor(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def _run_in(store: RunStore, pool: asyncpg.Pool, status: str) -> uuid.UUID:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -38,24 +38,6 @@ async def _poll(check: Callable[[], Awaitable[bool]]) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(loop(), timeout=TIMEOUT_S)
-
-
-@pytest.fixture
-async def holder(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn, server_settings={"lock_timeout": f"{TIMEOUT_S}s"})
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def monitor(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def _snapshot(pool: asyncpg.Pool, run_id: uuid.UUID) -> str:
