@@ -194,7 +194,3 @@ def map_db_errors() -> Iterator[None]:
         raise InvalidRun(f"the database rejected the value: {exc}{suffix}") from exc
     except asyncpg.ProgramLimitExceededError as exc:
         raise InvalidRun(f"the value is too large to store: {exc}") from exc
-    except UnicodeEncodeError as exc:
-        # asyncpg encodes text parameters before sending: a lone surrogate in
-        # a name fails here, with nothing sent.
-        raise InvalidRun(f"a text value is not valid UTF-8: {exc}") from exc

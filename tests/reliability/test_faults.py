@@ -235,7 +235,7 @@ async def timeout_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
         dsn,
         min_size=1,
         max_size=4,
-        server_settings={"lock_timeout": "300ms", "statement_timeout": "2s"},
+        server_settings={"lock_timeout": "300ms", "statement_timeout": "1s"},
     )
     try:
         yield user_pool
