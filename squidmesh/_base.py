@@ -47,9 +47,7 @@ def coerce_changes(changes: RunChanges | Mapping[str, Any] | None) -> RunChanges
                 "allowed: context, current_step, last_error"
             )
         return RunChanges(**changes)
-    raise InvalidRun(
-        f"changes must be a RunChanges or a dict, not {type(changes).__name__}"
-    )
+    raise InvalidRun(f"changes must be a RunChanges or a dict, not {type(changes).__name__}")
 
 
 def field_params(changes: RunChanges) -> FieldParams:
@@ -64,17 +62,33 @@ def field_params(changes: RunChanges) -> FieldParams:
     if ctx is not UNSET:
         ctx_text = "{}" if ctx is None else _encode_map("context", ctx)
     if step is not UNSET and step is not None:
-        if type(step) is not str:
-            raise InvalidRun(f"current_step must be a str or None, not {type(step).__name__}")
-        if not step or len(step) > 255 or _codec.text_problem(step):
-            raise InvalidRun(
-                "current_step must be 1 to 255 characters with no NUL character "
-                "or lone surrogate"
-            )
-        step_val = step
+        step_val = check_step_name("current_step", step)
     if err is not UNSET and err is not None:
         err_text = _encode_map("last_error", err)
     return (ctx is not UNSET, ctx_text, step is not UNSET, step_val, err is not UNSET, err_text)
+
+
+def check_step_name(name: str, value: object) -> str:
+    """A step name as stored: a str of 1 to 255 characters PostgreSQL can hold."""
+    if type(value) is not str:
+        raise InvalidRun(f"{name} must be a str, not {type(value).__name__}")
+    if not value or len(value) > 255 or _codec.text_problem(value):
+        raise InvalidRun(
+            f"{name} must be 1 to 255 characters with no NUL character or lone surrogate"
+        )
+    return value
+
+
+def check_text(name: str, value: object) -> str | None:
+    """An optional free-text value (an actor, a comment): None or a storable str."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise InvalidRun(f"{name} must be a str or None, not {type(value).__name__}")
+    problem = _codec.text_problem(value)
+    if problem:
+        raise InvalidRun(f"{name} {problem}")
+    return value
 
 
 def _encode_map(name: str, value: object) -> str:
@@ -166,9 +180,7 @@ class StoreBase:
             yield conn, _codec.decode_run(text)
 
     @staticmethod
-    async def _write_run(
-        conn: Conn, run_id: UUID, status: str | None, params: FieldParams
-    ) -> Run:
+    async def _write_run(conn: Conn, run_id: UUID, status: str | None, params: FieldParams) -> Run:
         """Write status (None = unchanged) and fields of a row the caller has locked."""
         with map_db_errors():
             text = await conn.fetchval(Q["write_run"], run_id, status, *params)

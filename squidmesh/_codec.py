@@ -80,8 +80,7 @@ def _problem(value: object, path: str, depth: int) -> str | None:
                 return p
         return None
     return (
-        f"{path}: {t.__name__} is not a JSON value "
-        "(use dict, list, str, int, float, bool or None)"
+        f"{path}: {t.__name__} is not a JSON value (use dict, list, str, int, float, bool or None)"
     )
 
 

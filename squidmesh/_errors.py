@@ -57,9 +57,7 @@ class InvalidTransition(SquidMeshError):
     def __init__(self, from_status: str, to_status: str) -> None:
         self.from_status = str(from_status)
         self.to_status = str(to_status)
-        super().__init__(
-            f"cannot move run from {self.from_status!r} to {self.to_status!r}"
-        )
+        super().__init__(f"cannot move run from {self.from_status!r} to {self.to_status!r}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.from_status, self.to_status))
@@ -73,8 +71,7 @@ class UnknownStatus(SquidMeshError, ValueError):
         from .state_machine import STATES  # local: state_machine imports this module
 
         super().__init__(
-            f"unknown run status {value!r}; expected one of: "
-            + ", ".join(s.value for s in STATES)
+            f"unknown run status {value!r}; expected one of: " + ", ".join(s.value for s in STATES)
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

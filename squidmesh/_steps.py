@@ -16,7 +16,14 @@ import asyncpg
 import msgspec
 
 from . import _codec, state_machine
-from ._base import StoreBase, coerce_changes, encode_json_map, field_params
+from ._base import (
+    StoreBase,
+    check_step_name,
+    check_text,
+    coerce_changes,
+    encode_json_map,
+    field_params,
+)
 from ._errors import (
     AttemptNotFound,
     InvalidRun,
@@ -80,26 +87,8 @@ _attempt_decoder: Final = msgspec.json.Decoder(StepAttempt)
 _history_decoder: Final = msgspec.json.Decoder(_History)
 
 
-def _step_name(step: object) -> str:
-    if type(step) is not str:
-        raise InvalidRun(f"step must be a str, not {type(step).__name__}")
-    if not step or len(step) > 255 or "\x00" in step:
-        raise InvalidRun("step must be 1 to 255 characters with no NUL character")
-    return step
-
-
 def _optional_map(name: str, value: object) -> str | None:
     return None if value is None else encode_json_map(name, value)
-
-
-def _optional_text(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise InvalidRun(f"{name} must be a str or None, not {type(value).__name__}")
-    if "\x00" in value:
-        raise InvalidRun(f"{name} contains a NUL character")
-    return value
 
 
 _EVENT_KEYS: Final = frozenset({"type", "step", "actor", "comment", "metadata", "at"})
@@ -136,8 +125,8 @@ def _decision_params(
             raise InvalidRun("event at must be timezone-aware")
     return (
         str(kind),
-        _optional_text("event actor", fields.get("actor")),
-        _optional_text("event comment", fields.get("comment")),
+        check_text("event actor", fields.get("actor")),
+        check_text("event comment", fields.get("comment")),
         metadata_text,
         at,
     )
@@ -259,7 +248,7 @@ class StepOps(StoreBase):
         self, query: str, run_id: object, step: object, input: object
     ) -> StepRun:
         uid = self._run_id(run_id)
-        name = _step_name(step)
+        name = check_step_name("step", step)
         input_text = encode_json_map("step input", {} if input is None else input)
         names, kinds = self._manual_kinds(name)
         try:
