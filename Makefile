@@ -52,6 +52,7 @@ soak: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 fmt-check: $(STAMP)
 	$(BIN)/ruff format --check .
