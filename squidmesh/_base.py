@@ -125,6 +125,17 @@ class StoreBase:
         for workflow in workflows:
             self.register(workflow)
 
+    # Whether the server has RETURNING old.* (PostgreSQL >= 18), which lets a
+    # guarded transition be one plain UPDATE. Learnt from the first connection
+    # used (asyncpg knows the version from the handshake: no round trip).
+    _has_returning_old: bool | None = None
+
+    def _returning_old(self, conn: Conn) -> bool:
+        known = self._has_returning_old
+        if known is None:
+            known = self._has_returning_old = conn.get_server_version() >= (18, 0)
+        return known
+
     def register(self, workflow: Workflow) -> None:
         """Add (or replace) a workflow definition, keyed by its name."""
         if not isinstance(workflow, Workflow):

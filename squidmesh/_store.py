@@ -218,8 +218,11 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         """Move a run to ``to_status``, writing the given fields with it.
 
         One round trip: a single statement locks the row, checks the move
-        against the state read under the lock, and writes. Fields not given
-        are unchanged; ``None`` clears. An illegal move changes nothing.
+        against the state read under the lock, and writes (on PostgreSQL >=
+        18 a plain guarded UPDATE with ``RETURNING old.status``; an illegal
+        move or an unknown id then takes a second statement to tell which).
+        Fields not given are unchanged; ``None`` clears. An illegal move
+        changes nothing.
 
         Raises:
             RunNotFound: no run has that id.
@@ -231,10 +234,16 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         params = field_params(
             RunChanges(context=context, current_step=current_step, last_error=last_error)
         )
-        with map_db_errors():
-            row = await self._pool.fetchrow(
-                Q["transition_run"], uid, to.value, *params, state_machine.sources_of(to)
-            )
+        sources = state_machine.sources_of(to)
+        async with self._pool.acquire() as conn:
+            row = None
+            with map_db_errors():
+                if self._returning_old(conn):
+                    row = await conn.fetchrow(
+                        Q["transition_run_fast"], uid, to.value, *params, sources
+                    )
+                if row is None:
+                    row = await conn.fetchrow(Q["transition_run"], uid, to.value, *params, sources)
         if row is None:
             raise RunNotFound(run_id)
         from_status, text = row
@@ -282,7 +291,9 @@ class RunStore(ProgressOps, StepOps, StoreBase):
            still running, it and its latest running attempt are failed with
            ``{"message": "run cancelled while paused", "reason": "cancelled"}``
            and a ``StepFailed`` event follows the transition event.
-        current_step is cleared in every case. One round trip.
+        current_step is cleared in every case. One round trip (on PostgreSQL
+        >= 18, cases 1 and 2 are a plain guarded UPDATE and the rest take a
+        second statement: a call of the ``squidmesh.cancel_run`` function).
 
         Raises:
             RunNotFound: no run has that id.
@@ -290,10 +301,17 @@ class RunStore(ProgressOps, StepOps, StoreBase):
                 (reported as a move to ``cancelling``).
         """
         uid = self._run_id(run_id)
-        row = await self._pool.fetchrow(Q["cancel_run"], uid, _CANCELLED_WHILE_PAUSED_TEXT)
-        if row is None:
-            raise RunNotFound(run_id)
-        from_status, text, failed_step, attempt_number, duration_s = row
+        failed_step = attempt_number = duration_s = None
+        async with self._pool.acquire() as conn:
+            row = None
+            if self._returning_old(conn):
+                row = await conn.fetchrow(Q["cancel_run_fast"], uid)
+            if row is None:
+                row = await conn.fetchrow(Q["cancel_run"], uid, _CANCELLED_WHILE_PAUSED_TEXT)
+                if row is None:
+                    raise RunNotFound(run_id)
+                failed_step, attempt_number, duration_s = row[2:]
+        from_status, text = row[0], row[1]
         if text is None:
             raise InvalidTransition(from_status, RunStatus.CANCELLING)
         run = _codec.decode_run(text)

@@ -81,6 +81,22 @@ WITH locked AS (
 )
 SELECT locked.status, moved.run FROM locked LEFT JOIN moved ON true;
 
+-- name: transition_run_fast
+-- PostgreSQL >= 18 (RETURNING old.*): the guarded UPDATE alone, as cheap as a
+-- hand-written one. The UPDATE takes the row lock; if it had to wait, the
+-- WHERE is re-checked on the newest row version, so the move is decided on
+-- the state read under the lock. No row back (not found, or an illegal
+-- move) falls back to transition_run, which tells the two apart atomically.
+UPDATE squidmesh.runs r SET
+    status = $2,
+    context = CASE WHEN $3 THEN $4::text::jsonb ELSE r.context END,
+    current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
+    last_error = CASE WHEN $7 THEN $8::text::jsonb ELSE r.last_error END,
+    version = r.version + 1,
+    updated_at = now()
+WHERE r.id = $1 AND r.status = ANY($9::text[])
+RETURNING old.status, squidmesh.run_json(r)::text;
+
 -- name: update_run
 -- The UPDATE takes the row lock itself; status is untouched.
 UPDATE squidmesh.runs r SET
@@ -98,6 +114,18 @@ RETURNING squidmesh.run_json(r)::text;
 -- row FOR UPDATE before it reads anything else.
 SELECT from_status, run, failed_step, attempt_number, duration_s
 FROM squidmesh.cancel_run($1, $2::text::jsonb);
+
+-- name: cancel_run_fast
+-- PostgreSQL >= 18: the common cases (pending -> cancelled, running or
+-- retrying -> cancelling) as one guarded UPDATE. No row back (paused,
+-- terminal, not found) falls back to cancel_run, which decides atomically.
+UPDATE squidmesh.runs r SET
+    status = CASE WHEN r.status = 'pending' THEN 'cancelled' ELSE 'cancelling' END,
+    current_step = NULL,
+    version = r.version + 1,
+    updated_at = now()
+WHERE r.id = $1 AND r.status IN ('pending', 'running', 'retrying')
+RETURNING old.status, squidmesh.run_json(r)::text;
 
 -- name: write_run
 -- A write to a row the caller already locked in its transaction
