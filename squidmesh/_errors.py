@@ -7,9 +7,7 @@ reading a log line knows what to change. Every class pickles (tests check it):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -176,18 +174,34 @@ class WorkflowDefinitionError(SquidMeshError, ValueError):
         return (type(self), (self.problems,))
 
 
-@contextlib.contextmanager
-def map_db_errors() -> Iterator[None]:
+class _MapDbErrors:
     """Turn data errors and constraint violations into ``InvalidRun``.
 
     Infrastructure errors (connection lost, statement timeout, cancellation)
     pass through unchanged: callers hold the asyncpg pool and know those types.
+    A class rather than a generator-based context manager: it wraps every
+    write, and this form costs a fraction as much to enter and leave.
     """
-    try:
-        yield
-    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-        detail = getattr(exc, "constraint_name", None)
-        suffix = f" (constraint {detail})" if detail else ""
-        raise InvalidRun(f"the database rejected the value: {exc}{suffix}") from exc
-    except asyncpg.ProgramLimitExceededError as exc:
-        raise InvalidRun(f"the value is too large to store: {exc}") from exc
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):
+            detail = getattr(exc, "constraint_name", None)
+            suffix = f" (constraint {detail})" if detail else ""
+            raise InvalidRun(f"the database rejected the value: {exc}{suffix}") from exc
+        if isinstance(exc, asyncpg.ProgramLimitExceededError):
+            raise InvalidRun(f"the value is too large to store: {exc}") from exc
+
+
+_MAP_DB_ERRORS: Final = _MapDbErrors()
+
+
+def map_db_errors() -> _MapDbErrors:
+    """The boundary that maps driver data errors onto ``InvalidRun`` (see ``_MapDbErrors``)."""
+    return _MAP_DB_ERRORS
