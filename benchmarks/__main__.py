@@ -67,11 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=op_names,
         help="profile the squidmesh side of OP (default transition_run) and exit",
     )
-    parser.add_argument(
-        "--proposal",
-        choices=sorted(h.PROPOSALS),
-        help="apply a proposed schema change after migrating (to measure it)",
-    )
     args = parser.parse_args(argv)
     args.concurrencies = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
     if not args.concurrencies or min(args.concurrencies) < 1:
@@ -95,7 +90,6 @@ async def main(args: argparse.Namespace) -> int:
             "only": args.only,
             "list_rows": args.list_rows,
             "pool_size": h.POOL_SIZE,
-            "proposal": args.proposal,
         },
     }
     live = h.LiveLine()
@@ -105,7 +99,7 @@ async def main(args: argparse.Namespace) -> int:
         report["postgres"] = server
         print(_header(machine, server, args))
         if args.profile:
-            async with h.fresh_database(admin_dsn, "profile", args.proposal) as dsn:
+            async with h.fresh_database(admin_dsn, "profile") as dsn:
                 text, shares = await bench_ops.profile_op(dsn, args.profile, max(args.runs, 2000))
             print(text)
             report["profile"] = {"op": args.profile, "shares_percent": shares}
@@ -115,7 +109,7 @@ async def main(args: argparse.Namespace) -> int:
         selected = set(args.only or [])
         benches = [b for b in bench_ops.operations() if not selected or b.name in selected]
         if benches:
-            async with h.fresh_database(admin_dsn, "ops", args.proposal) as dsn:
+            async with h.fresh_database(admin_dsn, "ops") as dsn:
                 results = await bench_ops.run_ops(
                     dsn, benches, args.concurrencies, args.runs, args.rounds, live
                 )
@@ -123,13 +117,13 @@ async def main(args: argparse.Namespace) -> int:
             print()
             print(bench_ops.results_table(results))
         if not selected or "history" in selected:
-            async with h.fresh_database(admin_dsn, "history", args.proposal) as dsn:
+            async with h.fresh_database(admin_dsn, "history") as dsn:
                 history = await bench_history.run(dsn, 200 if args.quick else 2000, live)
             report["history"] = history
             print()
             print(bench_history.describe(history))
         if not selected or "list" in selected:
-            async with h.fresh_database(admin_dsn, "list", args.proposal) as dsn:
+            async with h.fresh_database(admin_dsn, "list") as dsn:
                 listing = await bench_list.run(
                     dsn, args.list_rows, 200 if args.quick else 2000, live
                 )
@@ -152,7 +146,7 @@ def _header(machine: dict[str, Any], server: dict[str, Any], args: argparse.Name
         f"PostgreSQL {server['version']} ({server['source']}): {settings}\n"
         f"pool: {h.POOL_SIZE} connections, reset=squidmesh.no_reset unless marked; "
         f"{args.runs} calls per variant and concurrency in {args.rounds} rounds; "
-        f"{machine['date']}" + (f"\nPROPOSAL APPLIED: {args.proposal}" if args.proposal else "")
+        f"{machine['date']}"
     )
 
 

@@ -129,23 +129,8 @@ async def server(dsn: str | None) -> AsyncIterator[tuple[str, str]]:
         await asyncio.to_thread(embedded.close)
 
 
-# Changes to the schema measured before being proposed: applied after the
-# migrations with --proposal NAME, so the same suite shows their effect.
-PROPOSALS: dict[str, str] = {
-    # run_json and utc_iso are declared IMMUTABLE but call to_char (STABLE),
-    # which stops the planner from inlining them: every row pays a SQL-function
-    # call for run_json and two for utc_iso. Declared STABLE they are inlined.
-    "stable-json": (
-        "ALTER FUNCTION squidmesh.utc_iso(timestamptz) STABLE;"
-        "ALTER FUNCTION squidmesh.run_json(squidmesh.runs) STABLE;"
-    ),
-}
-
-
 @contextlib.asynccontextmanager
-async def fresh_database(
-    admin_dsn: str, purpose: str, proposal: str | None = None
-) -> AsyncIterator[str]:
+async def fresh_database(admin_dsn: str, purpose: str) -> AsyncIterator[str]:
     """Create a new migrated database for one benchmark; drop it afterwards."""
     name = f"squidmesh_bench_{purpose}_{uuid.uuid4().hex[:8]}"
     dsn = await testing.create_database(admin_dsn, name)
@@ -153,8 +138,6 @@ async def fresh_database(
         conn = await asyncpg.connect(dsn)
         try:
             await squidmesh.migrate(conn)
-            if proposal:
-                await conn.execute(PROPOSALS[proposal])
         finally:
             await conn.close()
         yield dsn
