@@ -116,6 +116,35 @@ CREATE FUNCTION squidmesh.run_json(r squidmesh.runs) RETURNS json
         'inserted_at', squidmesh.utc_iso(r.inserted_at),
         'updated_at', squidmesh.utc_iso(r.updated_at));
 
+-- The JSON shapes of a step attempt and of a step run (its attempts in
+-- attempt_number order), decoded by msgspec into squidmesh.StepAttempt and
+-- squidmesh.StepRun; used by every step query and the history read.
+CREATE FUNCTION squidmesh.attempt_json(a squidmesh.step_attempts) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN json_build_object(
+        'id', a.id,
+        'attempt_number', a.attempt_number,
+        'status', a.status,
+        'error', a.error,
+        'inserted_at', squidmesh.utc_iso(a.inserted_at),
+        'updated_at', squidmesh.utc_iso(a.updated_at));
+
+CREATE FUNCTION squidmesh.step_run_json(s squidmesh.step_runs) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN json_build_object(
+        'id', s.id,
+        'step', s.step,
+        'status', s.status,
+        'input', s.input,
+        'output', s.output,
+        'last_error', s.last_error,
+        -- step_attempts_step_run_id_number_key serves this in order.
+        'attempts', coalesce((
+            SELECT json_agg(squidmesh.attempt_json(a) ORDER BY a.attempt_number)
+            FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+        'inserted_at', squidmesh.utc_iso(s.inserted_at),
+        'updated_at', squidmesh.utc_iso(s.updated_at));
+
 -- cancel_run in one round trip, as a function because its steps need fresh
 -- snapshots: the run row is locked first, and only then are the paused
 -- step's step run and attempt looked up, so a step run or attempt that a

@@ -22,32 +22,18 @@
 -- No row = the run does not exist.
 WITH run AS (
     SELECT id, workflow FROM squidmesh.runs WHERE id = $2
-), written AS (
-    INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
-    SELECT $1, run.id, $3,
-           coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
-                     WHERE m.workflow = run.workflow), 'step'),
-           'running', $4::text::jsonb
-    FROM run
-    ON CONFLICT (run_id, step) DO UPDATE SET
-        status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
-        input = CASE WHEN s.status = 'pending' THEN EXCLUDED.input ELSE s.input END,
-        updated_at = CASE WHEN s.status = 'pending' THEN now() ELSE s.updated_at END
-    RETURNING s.*
 )
-SELECT json_build_object(
-    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
-    'output', s.output, 'last_error', s.last_error,
-    'attempts', coalesce((
-        SELECT json_agg(json_build_object(
-            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
-            'error', a.error,
-            'inserted_at', squidmesh.utc_iso(a.inserted_at),
-            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
-        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
-    'inserted_at', squidmesh.utc_iso(s.inserted_at),
-    'updated_at', squidmesh.utc_iso(s.updated_at))::text
-FROM written s;
+INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
+SELECT $1, run.id, $3,
+       coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
+                 WHERE m.workflow = run.workflow), 'step'),
+       'running', $4::text::jsonb
+FROM run
+ON CONFLICT (run_id, step) DO UPDATE SET
+    status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
+    input = CASE WHEN s.status = 'pending' THEN EXCLUDED.input ELSE s.input END,
+    updated_at = CASE WHEN s.status = 'pending' THEN now() ELSE s.updated_at END
+RETURNING squidmesh.step_run_json(s)::text;
 
 -- name: schedule_step
 -- One round trip, the same shape as begin_step: a new step run is pending;
@@ -55,107 +41,48 @@ FROM written s;
 -- RETURNING hand back a row a concurrent caller just committed).
 WITH run AS (
     SELECT id, workflow FROM squidmesh.runs WHERE id = $2
-), written AS (
-    INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
-    SELECT $1, run.id, $3,
-           coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
-                     WHERE m.workflow = run.workflow), 'step'),
-           'pending', $4::text::jsonb
-    FROM run
-    ON CONFLICT (run_id, step) DO UPDATE SET status = s.status
-    RETURNING s.*
 )
-SELECT json_build_object(
-    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
-    'output', s.output, 'last_error', s.last_error,
-    'attempts', coalesce((
-        SELECT json_agg(json_build_object(
-            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
-            'error', a.error,
-            'inserted_at', squidmesh.utc_iso(a.inserted_at),
-            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
-        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
-    'inserted_at', squidmesh.utc_iso(s.inserted_at),
-    'updated_at', squidmesh.utc_iso(s.updated_at))::text
-FROM written s;
+INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
+SELECT $1, run.id, $3,
+       coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
+                 WHERE m.workflow = run.workflow), 'step'),
+       'pending', $4::text::jsonb
+FROM run
+ON CONFLICT (run_id, step) DO UPDATE SET status = s.status
+RETURNING squidmesh.step_run_json(s)::text;
 
 -- name: finish_step
 -- One round trip: complete ($2 = 'completed', output $3) or fail ($2 =
 -- 'failed', last_error $4) a step run. A NULL $3 / $4 keeps the stored value.
 -- No row = no such step run.
-WITH written AS (
-    UPDATE squidmesh.step_runs s SET
-        status = $2,
-        output = coalesce($3::text::jsonb, s.output),
-        last_error = coalesce($4::text::jsonb, s.last_error),
-        updated_at = now()
-    WHERE s.id = $1
-    RETURNING s.*
-)
-SELECT json_build_object(
-    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
-    'output', s.output, 'last_error', s.last_error,
-    'attempts', coalesce((
-        SELECT json_agg(json_build_object(
-            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
-            'error', a.error,
-            'inserted_at', squidmesh.utc_iso(a.inserted_at),
-            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
-        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
-    'inserted_at', squidmesh.utc_iso(s.inserted_at),
-    'updated_at', squidmesh.utc_iso(s.updated_at))::text
-FROM written s;
+UPDATE squidmesh.step_runs s SET
+    status = $2,
+    output = coalesce($3::text::jsonb, s.output),
+    last_error = coalesce($4::text::jsonb, s.last_error),
+    updated_at = now()
+WHERE s.id = $1
+RETURNING squidmesh.step_run_json(s)::text;
 
 -- name: complete_manual_step
 -- One round trip: complete a manual step run with output $2 and record the
 -- human decision in `manual` (event $3, actor $4, comment $5, metadata $6,
 -- at $7, or the server clock when NULL), always formatted in UTC.
-WITH written AS (
-    UPDATE squidmesh.step_runs s SET
-        status = 'completed',
-        output = coalesce($2::text::jsonb, s.output),
-        manual = jsonb_build_object(
-            'event', $3::text, 'actor', $4::text, 'comment', $5::text,
-            'metadata', $6::text::jsonb,
-            'at', squidmesh.utc_iso(coalesce($7::timestamptz, now()))),
-        updated_at = now()
-    WHERE s.id = $1
-    RETURNING s.*
-)
-SELECT json_build_object(
-    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
-    'output', s.output, 'last_error', s.last_error,
-    'attempts', coalesce((
-        SELECT json_agg(json_build_object(
-            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
-            'error', a.error,
-            'inserted_at', squidmesh.utc_iso(a.inserted_at),
-            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
-        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
-    'inserted_at', squidmesh.utc_iso(s.inserted_at),
-    'updated_at', squidmesh.utc_iso(s.updated_at))::text
-FROM written s;
+UPDATE squidmesh.step_runs s SET
+    status = 'completed',
+    output = coalesce($2::text::jsonb, s.output),
+    manual = jsonb_build_object(
+        'event', $3::text, 'actor', $4::text, 'comment', $5::text,
+        'metadata', $6::text::jsonb,
+        'at', squidmesh.utc_iso(coalesce($7::timestamptz, now()))),
+    updated_at = now()
+WHERE s.id = $1
+RETURNING squidmesh.step_run_json(s)::text;
 
 -- name: record_resume
 -- One round trip: store what a paused step resumes to; status unchanged.
-WITH written AS (
-    UPDATE squidmesh.step_runs s SET resume = $2::text::jsonb, updated_at = now()
-    WHERE s.id = $1
-    RETURNING s.*
-)
-SELECT json_build_object(
-    'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
-    'output', s.output, 'last_error', s.last_error,
-    'attempts', coalesce((
-        SELECT json_agg(json_build_object(
-            'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status,
-            'error', a.error,
-            'inserted_at', squidmesh.utc_iso(a.inserted_at),
-            'updated_at', squidmesh.utc_iso(a.updated_at)) ORDER BY a.attempt_number)
-        FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
-    'inserted_at', squidmesh.utc_iso(s.inserted_at),
-    'updated_at', squidmesh.utc_iso(s.updated_at))::text
-FROM written s;
+UPDATE squidmesh.step_runs s SET resume = $2::text::jsonb, updated_at = now()
+WHERE s.id = $1
+RETURNING squidmesh.step_run_json(s)::text;
 
 -- name: lock_step_run
 -- The locking read of begin_attempt's contended path (see lock_and_begin_attempt).
@@ -173,20 +100,14 @@ SELECT id FROM squidmesh.step_runs WHERE id = $1 FOR UPDATE;
 -- No row = no such step run.
 WITH step_run AS (
     SELECT id FROM squidmesh.step_runs WHERE id = $2 FOR UPDATE
-), written AS (
-    INSERT INTO squidmesh.step_attempts AS a (id, step_run_id, attempt_number, status)
-    SELECT $1, sr.id,
-           1 + coalesce((SELECT max(x.attempt_number) FROM squidmesh.step_attempts x
-                         WHERE x.step_run_id = sr.id), 0),
-           'running'
-    FROM step_run sr
-    RETURNING a.*
 )
-SELECT json_build_object(
-    'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status, 'error', a.error,
-    'inserted_at', squidmesh.utc_iso(a.inserted_at),
-    'updated_at', squidmesh.utc_iso(a.updated_at))::text
-FROM written a;
+INSERT INTO squidmesh.step_attempts AS a (id, step_run_id, attempt_number, status)
+SELECT $1, sr.id,
+       1 + coalesce((SELECT max(x.attempt_number) FROM squidmesh.step_attempts x
+                     WHERE x.step_run_id = sr.id), 0),
+       'running'
+FROM step_run sr
+RETURNING squidmesh.attempt_json(a)::text;
 
 -- name: finish_attempt
 -- One round trip: $2 = 'completed' or 'failed', error $3 (NULL keeps it).
@@ -196,10 +117,7 @@ UPDATE squidmesh.step_attempts a SET
     error = coalesce($3::text::jsonb, a.error),
     updated_at = now()
 WHERE a.id = $1
-RETURNING json_build_object(
-    'id', a.id, 'attempt_number', a.attempt_number, 'status', a.status, 'error', a.error,
-    'inserted_at', squidmesh.utc_iso(a.inserted_at),
-    'updated_at', squidmesh.utc_iso(a.updated_at))::text;
+RETURNING squidmesh.attempt_json(a)::text;
 
 -- name: lock_and_pause_run
 -- One round trip for every branch, decided on the state read under the lock.
