@@ -101,10 +101,14 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         One round trip (one INSERT). The payload gets its defaults, then is
         validated as a whole: every problem is reported at once.
 
+        ``workflow`` is a registered workflow's name, or a ``Workflow``
+        (used as given, registered or not).
+
         Raises:
-            InvalidWorkflow: the workflow is not registered.
+            InvalidWorkflow: no workflow of that name is registered.
             InvalidTrigger: the workflow declares no such trigger.
             InvalidPayload: the payload is not a map or does not match the trigger.
+            InvalidRun: the payload is larger than squidmesh stores (64 MiB encoded).
         """
         run = await self._insert_run(self._pool, workflow, payload, trigger)
         await self._emit((RunCreated(run=run),))
