@@ -368,3 +368,42 @@ def median(values: Sequence[float]) -> float:
         return float("nan")
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+async def compare(
+    baseline: tuple[str, Callable[[T], Awaitable[object]]],
+    squidmesh_side: tuple[str, Callable[[T], Awaitable[object]]],
+    items: Sequence[T],
+    concurrency: int,
+    live: LiveLine,
+    rounds: int = 4,
+) -> list[dict[str, Any]]:
+    """Time a baseline and the squidmesh call over ``items`` in alternating rounds.
+
+    The order flips every round so drift on a shared machine hits both sides;
+    the ratio is the median of the per-round ratios. Returns one row per side.
+    """
+    (base_name, base), (squid_name, squid) = baseline, squidmesh_side
+    t_base: list[Timing] = []
+    t_squid: list[Timing] = []
+    per_round = max(concurrency, len(items) // rounds)
+    for r in range(rounds):
+        order = [(base, t_base), (squid, t_squid)]
+        for fn, sink in order if r % 2 == 0 else order[::-1]:
+            sink.append(await timed(fn, items[:per_round], concurrency, live))
+    await live.stop()
+    ratios = [s.ops_per_s / b.ops_per_s for s, b in zip(t_squid, t_base, strict=True)]
+    rows = []
+    for name, sink, ratio in ((base_name, t_base, None), (squid_name, t_squid, median(ratios))):
+        summary = Summary.of(sink)
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "variant": name,
+                "ops_per_s": round(summary.ops_per_s, 1),
+                "p50_ms": round(summary.p50_ms, 4),
+                "p99_ms": round(summary.p99_ms, 4),
+                "ratio": None if ratio is None else round(ratio, 3),
+            }
+        )
+    return rows

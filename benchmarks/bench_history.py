@@ -100,30 +100,13 @@ async def run(dsn: str, calls: int, live: h.LiveLine) -> dict[str, Any]:
             await h.timed(squid, items[: max(50, 4 * conc)], conc, live)
             await h.timed(base, items[: max(50, 4 * conc)], conc, live)
             live.start(f"history c={conc}", 2 * calls)
-            t_base: list[h.Timing] = []
-            t_squid: list[h.Timing] = []
-            per_round = max(conc, calls // 4)
-            for r in range(4):
-                order = [(base, t_base), (squid, t_squid)]
-                for fn, sink in order if r % 2 == 0 else order[::-1]:
-                    sink.append(await h.timed(fn, items[:per_round], conc, live))
-            await live.stop()
-            ratios = [s.ops_per_s / b.ops_per_s for s, b in zip(t_squid, t_base, strict=True)]
-            for name, sink, ratio in (
-                ("3 SELECTs, raw (run, step runs, attempts)", t_base, None),
-                ("squidmesh get_run(include_history=True)", t_squid, h.median(ratios)),
-            ):
-                s = h.Summary.of(sink)
-                rows.append(
-                    {
-                        "concurrency": conc,
-                        "variant": name,
-                        "ops_per_s": round(s.ops_per_s, 1),
-                        "p50_ms": round(s.p50_ms, 4),
-                        "p99_ms": round(s.p99_ms, 4),
-                        "ratio": None if ratio is None else round(ratio, 3),
-                    }
-                )
+            rows += await h.compare(
+                ("3 SELECTs, raw (run, step runs, attempts)", base),
+                ("squidmesh get_run(include_history=True)", squid),
+                items,
+                conc,
+                live,
+            )
         result["rows"] = rows
         return result
     finally:

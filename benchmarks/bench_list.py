@@ -81,30 +81,13 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, An
             await h.timed(squid, warm, 16, live)
             await h.timed(base, warm, 16, live)
             live.start(f"list c={conc}", 2 * calls)
-            t_base: list[h.Timing] = []
-            t_squid: list[h.Timing] = []
-            per_round = max(conc, calls // 4)
-            for r in range(4):
-                order = [(base, t_base), (squid, t_squid)]
-                for fn, sink in order if r % 2 == 0 else order[::-1]:
-                    sink.append(await h.timed(fn, [None] * per_round, conc, live))
-            await live.stop()
-            ratios = [s.ops_per_s / b.ops_per_s for s, b in zip(t_squid, t_base, strict=True)]
-            for name, sink, ratio in (
-                ("baseline: SELECT * ... LIMIT 50", t_base, None),
-                ("squidmesh list_runs", t_squid, h.median(ratios)),
-            ):
-                s = h.Summary.of(sink)
-                out_rows.append(
-                    {
-                        "concurrency": conc,
-                        "variant": name,
-                        "ops_per_s": round(s.ops_per_s, 1),
-                        "p50_ms": round(s.p50_ms, 4),
-                        "p99_ms": round(s.p99_ms, 4),
-                        "ratio": None if ratio is None else round(ratio, 3),
-                    }
-                )
+            out_rows += await h.compare(
+                ("baseline: SELECT * ... LIMIT 50", base),
+                ("squidmesh list_runs", squid),
+                [None] * calls,
+                conc,
+                live,
+            )
         return {
             "rows_in_table": rows,
             "matching_rows": matching,
