@@ -1,4 +1,4 @@
-"""The README's API tour runs as written against a real database."""
+"""The README's API tour and the examples run as written against a real database."""
 
 from __future__ import annotations
 
@@ -27,3 +27,13 @@ def test_readme_tour_runs_as_written(dsn: str, tmp_path: Path) -> None:
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_outbox_example_runs(dsn: str) -> None:
+    example = README.parent / "examples" / "outbox.py"
+    env = {**os.environ, "SQUIDMESH_DSN": dsn}
+    result = subprocess.run(
+        [sys.executable, str(example)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "left no job, no transition and no event" in result.stdout
