@@ -7,6 +7,8 @@ is started in a temporary directory and removed afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +49,9 @@ invoice_reminder = Workflow(
     ],
 )
 
-_BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
+# Styled only on a terminal, and never with NO_COLOR set (no-color.org).
+_STYLED = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+_BOLD, _DIM, _RESET = ("\033[1m", "\033[2m", "\033[0m") if _STYLED else ("", "", "")
 
 
 def _say(title: str) -> None:
