@@ -1,4 +1,4 @@
-"""The README's API tour and the examples run as written against a real database."""
+"""The README's API tour, the examples and the demo run as written on a real database."""
 
 from __future__ import annotations
 
@@ -37,3 +37,25 @@ def test_outbox_example_runs(dsn: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "left no job, no transition and no event" in result.stdout
+
+
+def test_demo_tour_runs(dsn: str) -> None:
+    env = {**os.environ, "SQUIDMESH_DSN": dsn}
+    result = subprocess.run(
+        [sys.executable, "-m", "squidmesh", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for expected in (
+        "InvalidPayload: invalid payload: missing fields: invoice_id",
+        "InvalidTransition: cannot move run from 'completed' to 'running'",
+        "running -> cancelling",
+        "replayed_from=",
+        "audit: approved at 'approve' by dana@finance",
+        "RunCreated x",
+    ):
+        assert expected in result.stdout
+    assert "\033[" not in result.stdout  # not a terminal: no styling
