@@ -141,6 +141,18 @@ class StoreBase:
         if not isinstance(workflow, Workflow):
             raise TypeError(f"register() takes a Workflow, not {type(workflow).__name__}")
         self._workflows[workflow.name] = workflow
+        self._entries = None
+
+    # The registry as two parallel arrays (names, entry steps): what the
+    # one-statement replay needs to pick the entry step of a stored run's
+    # workflow. Rebuilt lazily after register().
+    _entries: tuple[list[str], list[str | None]] | None = None
+
+    def _entry_steps(self) -> tuple[list[str], list[str | None]]:
+        if self._entries is None:
+            wfs = list(self._workflows.values())
+            self._entries = ([w.name for w in wfs], [w.entry_step for w in wfs])
+        return self._entries
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -122,9 +122,9 @@ class ProgressOps(StoreBase):
 
         A raising dispatch rolls everything back (no replay exists) and its
         exception propagates unchanged. After commit, ``RunReplayed`` is
-        reported, then the dispatch's events. Round trips: BEGIN, read the
-        source's workflow, INSERT ... SELECT, a transaction check, COMMIT (5),
-        plus the dispatch's statements.
+        reported, then the dispatch's events. Round trips: BEGIN, the
+        INSERT ... SELECT, a transaction check, COMMIT (4), plus the
+        dispatch's statements.
 
         Raises:
             RunNotFound: no run has that id.

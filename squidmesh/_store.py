@@ -11,7 +11,7 @@ from msgspec import UNSET, UnsetType
 
 from . import _codec, state_machine
 from ._base import StoreBase, field_params
-from ._errors import InvalidTransition, RunNotFound, map_db_errors
+from ._errors import InvalidTransition, InvalidWorkflow, RunNotFound, map_db_errors
 from ._events import Listener, RunCreated, RunReplayed, RunTransitioned, StepFailed
 from ._ids import uuid7
 from ._payload import build_payload
@@ -134,8 +134,8 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         """Create a new pending run with the source's workflow, trigger and payload.
 
         The source is untouched; the new run has an empty context, no error,
-        the workflow's entry step and ``replayed_from_run_id`` set. Two round
-        trips (read the source's workflow, then one INSERT ... SELECT).
+        the workflow's entry step and ``replayed_from_run_id`` set. One round
+        trip (an INSERT ... SELECT that reads the source).
 
         Raises:
             RunNotFound: no run has that id.
@@ -147,13 +147,16 @@ class RunStore(ProgressOps, StepOps, StoreBase):
 
     async def _insert_replay(self, conn: asyncpg.Pool | Any, run_id: object) -> Run:
         uid = self._run_id(run_id)
-        name = await conn.fetchval(Q["replay_source"], uid)
-        if name is None:
+        names, entry_steps = self._entry_steps()
+        try:
+            row = await conn.fetchrow(Q["insert_replay"], uuid7(), uid, names, entry_steps)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise RunNotFound(run_id) from exc  # the source was deleted meanwhile
+        if row is None:
             raise RunNotFound(run_id)
-        wf = self._workflow(name)
-        text = await conn.fetchval(Q["insert_replay"], uuid7(), uid, wf.entry_step)
-        if text is None:  # the source was deleted between the two statements
-            raise RunNotFound(run_id)
+        workflow, text = row
+        if text is None:
+            raise InvalidWorkflow(workflow)
         return _codec.decode_run(text)
 
     # -- reads --------------------------------------------------------------

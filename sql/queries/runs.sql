@@ -49,17 +49,28 @@ SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id
 FROM (SELECT * FROM squidmesh.runs WHERE workflow = $2 AND status = $3
       ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
 
--- name: replay_source
--- The source's workflow name, to resolve the entry step of its definition.
-SELECT workflow FROM squidmesh.runs WHERE id = $1;
-
 -- name: insert_replay
--- Copies workflow, trigger and payload from the source in the same statement.
-INSERT INTO squidmesh.runs AS r
-    (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id)
-SELECT $1, s.workflow, s.trigger, 'pending', s.payload, '{}'::jsonb, $3, s.id
-FROM squidmesh.runs s WHERE s.id = $2
-RETURNING squidmesh.run_json(r)::text;
+-- One round trip. $1 new id, $2 source id, $3/$4 the registered workflows'
+-- names and entry steps (the entry step comes from the definition in
+-- Python). Copies workflow, trigger and payload from the source, which is
+-- read, not locked: a replay leaves it untouched. Returns the source's
+-- workflow and the new run, NULL when that workflow is not registered;
+-- no row = no source.
+WITH source AS (
+    SELECT * FROM squidmesh.runs WHERE id = $2
+), registered AS (
+    SELECT source.*, e.entry_step
+    FROM source
+    JOIN unnest($3::text[], $4::text[]) AS e(workflow, entry_step)
+      ON e.workflow = source.workflow
+), inserted AS (
+    INSERT INTO squidmesh.runs AS r
+        (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id)
+    SELECT $1, g.workflow, g.trigger, 'pending', g.payload, '{}'::jsonb, g.entry_step, g.id
+    FROM registered g
+    RETURNING squidmesh.run_json(r)::text AS run
+)
+SELECT source.workflow, inserted.run FROM source LEFT JOIN inserted ON true;
 
 -- name: transition_run
 -- One round trip: lock, check the move against the states it may come from

@@ -106,5 +106,8 @@ async def test_round_trips_on_this_server(dsn: str) -> None:
         assert await counter.count() == (2 if fast else 1)
         await store.cancel_run(run.id)
         assert await counter.count() == 1
+        replay = await store.replay_run(run.id)
+        assert await counter.count() == 1
+        assert replay.replayed_from_run_id == run.id
     finally:
         await pool.close()
