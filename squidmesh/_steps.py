@@ -300,14 +300,13 @@ class StepOps(StoreBase):
         """
         return await self._insert_step(Q["schedule_step"], run_id, step, input)
 
-    async def _finish_step(
-        self, step_run_id: object, status: str, output: str | None, error: str | None
-    ) -> StepRun:
+    async def _write_step_run(self, query: str, step_run_id: object, *args: object) -> StepRun:
+        """Run one step-run write (``query`` takes the id as $1); no row = not found."""
         uid = parse_id(step_run_id)
         if uid is None:
             raise StepRunNotFound(step_run_id)
         with map_db_errors():
-            text = await self._pool.fetchval(Q["finish_step"], uid, status, output, error)
+            text = await self._pool.fetchval(query, uid, *args)
         if text is None:
             raise StepRunNotFound(step_run_id)
         return _step_run_decoder.decode(text)
@@ -328,8 +327,8 @@ class StepOps(StoreBase):
             StepRunNotFound: no step run has that id.
             InvalidRun: ``output`` cannot be stored (nothing written).
         """
-        return await self._finish_step(
-            step_run_id, "completed", _optional_map("step output", output), None
+        return await self._write_step_run(
+            Q["finish_step"], step_run_id, "completed", _optional_map("step output", output), None
         )
 
     async def fail_step(self, step_run_id: object, error: JSONMap) -> StepRun:
@@ -344,8 +343,8 @@ class StepOps(StoreBase):
             StepRunNotFound: no step run has that id.
             InvalidRun: ``error`` cannot be stored (nothing written).
         """
-        return await self._finish_step(
-            step_run_id, "failed", None, encode_json_map("step error", error)
+        return await self._write_step_run(
+            Q["finish_step"], step_run_id, "failed", None, encode_json_map("step error", error)
         )
 
     async def complete_manual_step(
@@ -377,16 +376,9 @@ class StepOps(StoreBase):
         """
         output_text = _optional_map("step output", output)
         kind, actor, comment, metadata, at = _decision_params(event)
-        uid = parse_id(step_run_id)
-        if uid is None:
-            raise StepRunNotFound(step_run_id)
-        with map_db_errors():
-            text = await self._pool.fetchval(
-                Q["complete_manual_step"], uid, output_text, kind, actor, comment, metadata, at
-            )
-        if text is None:
-            raise StepRunNotFound(step_run_id)
-        return _step_run_decoder.decode(text)
+        return await self._write_step_run(
+            Q["complete_manual_step"], step_run_id, output_text, kind, actor, comment, metadata, at
+        )
 
     async def record_resume(self, step_run_id: object, resume: JSONMap) -> StepRun:
         """Store what a paused step resumes to; the step run's status is unchanged.
@@ -401,14 +393,7 @@ class StepOps(StoreBase):
             InvalidRun: ``resume`` cannot be stored (nothing written).
         """
         resume_text = encode_json_map("resume", resume)
-        uid = parse_id(step_run_id)
-        if uid is None:
-            raise StepRunNotFound(step_run_id)
-        with map_db_errors():
-            text = await self._pool.fetchval(Q["record_resume"], uid, resume_text)
-        if text is None:
-            raise StepRunNotFound(step_run_id)
-        return _step_run_decoder.decode(text)
+        return await self._write_step_run(Q["record_resume"], step_run_id, resume_text)
 
     # -- attempts -----------------------------------------------------------
 
