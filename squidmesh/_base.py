@@ -121,6 +121,7 @@ class StoreBase:
     ) -> None:
         self._pool = pool
         self._workflows = {}
+        self._derived = {}
         self._listeners = list(listeners)
         for workflow in workflows:
             self.register(workflow)
@@ -141,18 +142,39 @@ class StoreBase:
         if not isinstance(workflow, Workflow):
             raise TypeError(f"register() takes a Workflow, not {type(workflow).__name__}")
         self._workflows[workflow.name] = workflow
-        self._entries = None
+        self._derived.clear()
 
-    # The registry as two parallel arrays (names, entry steps): what the
-    # one-statement replay needs to pick the entry step of a stored run's
-    # workflow. Rebuilt lazily after register().
-    _entries: tuple[list[str], list[str | None]] | None = None
+    # Views of the registry that statements send along as arrays, computed
+    # once (not per call) and dropped whenever register() changes it.
+    _derived: dict[str, Any]
 
     def _entry_steps(self) -> tuple[list[str], list[str | None]]:
-        if self._entries is None:
+        """(names, entry steps) of the registered workflows, for the one-statement replay."""
+        found: tuple[list[str], list[str | None]] | None = self._derived.get("entry_steps")
+        if found is None:
             wfs = list(self._workflows.values())
-            self._entries = ([w.name for w in wfs], [w.entry_step for w in wfs])
-        return self._entries
+            found = self._derived["entry_steps"] = (
+                [w.name for w in wfs],
+                [w.entry_step for w in wfs],
+            )
+        return found
+
+    def _manual_kinds(self, step: str) -> tuple[list[str], list[str]]:
+        """Registered workflows declaring ``step`` with a manual kind, and those kinds.
+
+        Sent with a step-run insert so the kind is resolved from the run's
+        workflow inside the same statement (no read of the run first).
+        """
+        by_step: dict[str, tuple[list[str], list[str]]] | None = self._derived.get("manual")
+        if by_step is None:
+            by_step = self._derived["manual"] = {}
+            for name, workflow in self._workflows.items():
+                for declared in workflow.steps:
+                    if declared.kind != "step":
+                        names, kinds = by_step.setdefault(declared.name, ([], []))
+                        names.append(name)
+                        kinds.append(declared.kind)
+        return by_step.get(step, ([], []))
 
     @property
     def pool(self) -> asyncpg.Pool:

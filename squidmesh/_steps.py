@@ -229,21 +229,6 @@ class StepOps(StoreBase):
 
     # -- step runs ----------------------------------------------------------
 
-    def _manual_kinds(self, step: str) -> tuple[list[str], list[str]]:
-        """Registered workflows declaring ``step`` with a manual kind, and those kinds.
-
-        Sent with the insert so the kind is resolved from the run's workflow
-        inside the same statement (no read of the run first).
-        """
-        names: list[str] = []
-        kinds: list[str] = []
-        for name, workflow in self._workflows.items():
-            declared = workflow.step(step)
-            if declared is not None and declared.kind != "step":
-                names.append(name)
-                kinds.append(declared.kind)
-        return names, kinds
-
     async def _insert_step(
         self, query: str, run_id: object, step: object, input: object
     ) -> StepRun:
