@@ -26,6 +26,13 @@ from ._types import Run, RunChanges
 from ._workflow import Workflow
 
 Conn = asyncpg.Connection | PoolConnectionProxy
+Executor = asyncpg.Pool | Conn
+
+# Every guarantee squidmesh documents is argued at READ COMMITTED, where a
+# statement that waited for a row lock re-reads the newest row version. A
+# user's database or pool may default to REPEATABLE READ or SERIALIZABLE; the
+# store's own transactions therefore always name their level.
+READ_COMMITTED: Final = "read_committed"
 
 # (given?, value) per field, in the order the SQL's $n placeholders expect.
 FieldParams = tuple[bool, str | None, bool, str | None, bool, str | None]
@@ -103,6 +110,37 @@ def _encode_map(name: str, value: object) -> str:
 def encode_json_map(name: str, value: object) -> str:
     """Check and encode a map-valued field (step input, error, ...) for ``::text::jsonb``."""
     return _encode_map(name, value)
+
+
+async def fetch_write(executor: Executor, query: str, *args: object, row: bool = False) -> Any:
+    """Run one write statement with READ COMMITTED semantics, whatever the session's default.
+
+    The statement first runs as is: one round trip, and at the usual default
+    (READ COMMITTED) all there is to it. Under a stricter default isolation a
+    row changed by a concurrent writer after the statement's snapshot makes
+    PostgreSQL refuse it with serialization_failure instead of re-reading the
+    row; the statement was its own transaction, so nothing was written, and it
+    is run again inside an explicit READ COMMITTED transaction (three more
+    round trips, only on that path), where it behaves as documented.
+    """
+    try:
+        if row:
+            return await executor.fetchrow(query, *args)
+        return await executor.fetchval(query, *args)
+    except asyncpg.SerializationError:
+        if not isinstance(executor, asyncpg.Pool) and executor.is_in_transaction():
+            raise  # the caller's transaction is lost either way: theirs to retry
+    if isinstance(executor, asyncpg.Pool):
+        async with executor.acquire() as conn:
+            return await _fetch_read_committed(conn, query, args, row)
+    return await _fetch_read_committed(executor, query, args, row)
+
+
+async def _fetch_read_committed(conn: Conn, query: str, args: tuple[object, ...], row: bool) -> Any:
+    async with conn.transaction(isolation=READ_COMMITTED):
+        if row:
+            return await conn.fetchrow(query, *args)
+        return await conn.fetchval(query, *args)
 
 
 class StoreBase:
@@ -218,7 +256,7 @@ class StoreBase:
         exits (after commit), never inside it.
         """
         uid = self._run_id(run_id)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
             text = await conn.fetchval(Q["lock_run"], uid)
             if text is None:
                 raise RunNotFound(run_id)

@@ -174,6 +174,23 @@ class WorkflowDefinitionError(SquidMeshError, ValueError):
         return (type(self), (self.problems,))
 
 
+class MigrationError(SquidMeshError):
+    """Raised by ``migrate()`` when the schema cannot be brought up to date.
+
+    ``version`` is the migration that could not be applied (None when the
+    bookkeeping table could not even be read); ``reason`` says what is missing.
+    """
+
+    def __init__(self, version: str | None, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        where = f"migration {version}" if version else "squidmesh.migrate()"
+        super().__init__(f"{where} failed: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.version, self.reason))
+
+
 class _MapDbErrors:
     """Turn data errors and constraint violations into ``InvalidRun``.
 

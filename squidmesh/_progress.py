@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Final
 import asyncpg
 
 from . import state_machine
-from ._base import NO_CHANGES, Conn, FieldParams, StoreBase, coerce_changes, field_params
+from ._base import (
+    NO_CHANGES,
+    READ_COMMITTED,
+    Conn,
+    FieldParams,
+    StoreBase,
+    coerce_changes,
+    field_params,
+)
 from ._errors import InvalidTransition
 from ._events import DispatchEvents, RunCreated, RunReplayed, RunTransitioned
 from ._types import Run, RunChanges, RunStatus
@@ -110,7 +118,7 @@ class ProgressOps(StoreBase):
             InvalidTrigger: the workflow declares no such trigger.
             InvalidPayload: the payload is not a map or does not match the trigger.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
             run = await self._insert_run(conn, workflow, payload, trigger)
             extra = await self._dispatch(conn, dispatch, run)
         await self._emit([RunCreated(run=run), *extra])
@@ -131,7 +139,7 @@ class ProgressOps(StoreBase):
             InvalidWorkflow: the source's workflow is not registered.
         """
         self._run_id(run_id)  # an unparsable id fails before a connection is taken
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
             run = await self._insert_replay(conn, run_id)
             extra = await self._dispatch(conn, dispatch, run)
         await self._emit([RunReplayed(run=run), *extra])

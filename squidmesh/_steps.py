@@ -17,11 +17,13 @@ import msgspec
 
 from . import _codec, state_machine
 from ._base import (
+    READ_COMMITTED,
     StoreBase,
     check_step_name,
     check_text,
     coerce_changes,
     encode_json_map,
+    fetch_write,
     field_params,
 )
 from ._errors import (
@@ -238,8 +240,8 @@ class StepOps(StoreBase):
         names, kinds = self._manual_kinds(name)
         try:
             with map_db_errors():
-                text = await self._pool.fetchval(
-                    query, uuid7(), uid, name, input_text, names, kinds
+                text = await fetch_write(
+                    self._pool, query, uuid7(), uid, name, input_text, names, kinds
                 )
         except InvalidRun as exc:
             # The run was deleted between the statement's read and its insert.
@@ -291,7 +293,7 @@ class StepOps(StoreBase):
         if uid is None:
             raise StepRunNotFound(step_run_id)
         with map_db_errors():
-            text = await self._pool.fetchval(query, uid, *args)
+            text = await fetch_write(self._pool, query, uid, *args)
         if text is None:
             raise StepRunNotFound(step_run_id)
         return _step_run_decoder.decode(text)
@@ -399,7 +401,7 @@ class StepOps(StoreBase):
         if uid is None:
             raise StepRunNotFound(step_run_id)
         try:
-            text = await self._pool.fetchval(Q["lock_and_begin_attempt"], uuid7(), uid)
+            text = await fetch_write(self._pool, Q["lock_and_begin_attempt"], uuid7(), uid)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != _UNIQUE_ATTEMPT:
                 raise
@@ -407,7 +409,7 @@ class StepOps(StoreBase):
             # snapshot even on a pool whose default isolation is stricter.
             async with (
                 self._pool.acquire() as conn,
-                conn.transaction(isolation="read_committed"),
+                conn.transaction(isolation=READ_COMMITTED),
             ):
                 if await conn.fetchval(Q["lock_step_run"], uid) is None:
                     raise StepRunNotFound(step_run_id) from None
@@ -425,7 +427,7 @@ class StepOps(StoreBase):
         if uid is None:
             raise AttemptNotFound(attempt_id)
         with map_db_errors():
-            text = await self._pool.fetchval(Q["finish_attempt"], uid, status, error)
+            text = await fetch_write(self._pool, Q["finish_attempt"], uid, status, error)
         if text is None:
             raise AttemptNotFound(attempt_id)
         return _attempt_decoder.decode(text)
@@ -509,7 +511,8 @@ class StepOps(StoreBase):
             if attempt_uid is None:
                 raise AttemptNotFound(attempt_id)
         with map_db_errors():
-            row = await self._pool.fetchrow(
+            row = await fetch_write(
+                self._pool,
                 Q["lock_and_pause_run"],
                 uid,
                 step_uid,
@@ -517,6 +520,7 @@ class StepOps(StoreBase):
                 _PAUSE_SOURCES,
                 *params,
                 CANCELLED_WHILE_PAUSED_TEXT,
+                row=True,
             )
         if row is None:
             raise RunNotFound(run_id)

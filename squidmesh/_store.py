@@ -10,7 +10,7 @@ import asyncpg
 from msgspec import UNSET, UnsetType
 
 from . import _codec, state_machine
-from ._base import StoreBase, field_params
+from ._base import StoreBase, fetch_write, field_params
 from ._errors import InvalidTransition, InvalidWorkflow, RunNotFound, map_db_errors
 from ._events import Listener, RunCreated, RunReplayed, RunTransitioned, StepFailed
 from ._ids import uuid7
@@ -21,6 +21,9 @@ from ._steps import CANCELLED_WHILE_PAUSED, StepOps
 from ._steps import CANCELLED_WHILE_PAUSED_TEXT as _CANCELLED_WHILE_PAUSED_TEXT
 from ._types import JSONMap, Run, RunChanges, RunStatus
 from ._workflow import Workflow
+
+
+_MAX_LIMIT = 2**63 - 1
 
 
 async def no_reset(conn: asyncpg.Connection) -> None:
@@ -125,8 +128,8 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         trig = wf.trigger(trigger)
         text = _codec.encode(build_payload(trig, payload))
         with map_db_errors():
-            row_text = await conn.fetchval(
-                Q["insert_run"], uuid7(), wf.name, trig.name, text, wf.entry_step, None
+            row_text = await fetch_write(
+                conn, Q["insert_run"], uuid7(), wf.name, trig.name, text, wf.entry_step, None
             )
         return _codec.decode_run(row_text)
 
@@ -149,7 +152,9 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         uid = self._run_id(run_id)
         names, entry_steps = self._entry_steps()
         try:
-            row = await conn.fetchrow(Q["insert_replay"], uuid7(), uid, names, entry_steps)
+            row = await fetch_write(
+                conn, Q["insert_replay"], uuid7(), uid, names, entry_steps, row=True
+            )
         except asyncpg.ForeignKeyViolationError as exc:
             raise RunNotFound(run_id) from exc  # the source was deleted meanwhile
         if row is None:
@@ -191,25 +196,31 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         """List runs newest first (inserted_at, then id, descending).
 
         Each filter combination has its own index-backed query. ``limit`` is
-        a positive int; anything else means no limit.
+        a positive int; anything else (None, zero, a negative number, a bool,
+        an int past 2**63 - 1) means no limit. Each run arrives as its own
+        row, so a list is bounded by the client's memory, not by PostgreSQL's
+        1 GB limit on one value.
 
         Raises:
             UnknownStatus: ``status`` is not one of the eight states.
         """
-        lim = limit if type(limit) is int and limit > 0 else None
+        # An int past PostgreSQL's bigint cannot be a LIMIT, and no table holds
+        # that many rows: it means "no limit" like any other non-positive value.
+        lim = limit if type(limit) is int and 0 < limit <= _MAX_LIMIT else None
         name: object = workflow.name if isinstance(workflow, Workflow) else workflow
         if name is not None and (not isinstance(name, str) or _codec.text_problem(name)):
             return []  # no run can have such a workflow name: inserting it is refused
         st = None if status is None else state_machine.coerce_status(status).value
         if name is None and st is None:
-            text = await self._pool.fetchval(Q["list_runs"], lim)
+            rows = await self._pool.fetch(Q["list_runs"], lim)
         elif st is None:
-            text = await self._pool.fetchval(Q["list_runs_by_workflow"], lim, name)
+            rows = await self._pool.fetch(Q["list_runs_by_workflow"], lim, name)
         elif name is None:
-            text = await self._pool.fetchval(Q["list_runs_by_status"], lim, st)
+            rows = await self._pool.fetch(Q["list_runs_by_status"], lim, st)
         else:
-            text = await self._pool.fetchval(Q["list_runs_by_workflow_status"], lim, name, st)
-        return _codec.decode_runs(text)
+            rows = await self._pool.fetch(Q["list_runs_by_workflow_status"], lim, name, st)
+        decode = _codec.decode_run
+        return [decode(row[0]) for row in rows]
 
     # -- state changes ------------------------------------------------------
 
@@ -246,11 +257,13 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             row = None
             with map_db_errors():
                 if self._returning_old(conn):
-                    row = await conn.fetchrow(
-                        Q["transition_run_fast"], uid, to.value, *params, sources
+                    row = await fetch_write(
+                        conn, Q["transition_run_fast"], uid, to.value, *params, sources, row=True
                     )
                 if row is None:
-                    row = await conn.fetchrow(Q["transition_run"], uid, to.value, *params, sources)
+                    row = await fetch_write(
+                        conn, Q["transition_run"], uid, to.value, *params, sources, row=True
+                    )
         if row is None:
             raise RunNotFound(run_id)
         from_status, text = row
@@ -283,7 +296,7 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             RunChanges(context=context, current_step=current_step, last_error=last_error)
         )
         with map_db_errors():
-            text = await self._pool.fetchval(Q["update_run"], uid, *params)
+            text = await fetch_write(self._pool, Q["update_run"], uid, *params)
         if text is None:
             raise RunNotFound(run_id)
         return _codec.decode_run(text)
@@ -312,9 +325,11 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         async with self._pool.acquire() as conn:
             row = None
             if self._returning_old(conn):
-                row = await conn.fetchrow(Q["cancel_run_fast"], uid)
+                row = await fetch_write(conn, Q["cancel_run_fast"], uid, row=True)
             if row is None:
-                row = await conn.fetchrow(Q["cancel_run"], uid, _CANCELLED_WHILE_PAUSED_TEXT)
+                row = await fetch_write(
+                    conn, Q["cancel_run"], uid, _CANCELLED_WHILE_PAUSED_TEXT, row=True
+                )
                 if row is None:
                     raise RunNotFound(run_id)
                 failed_step, attempt_number, duration_s = row[2:]

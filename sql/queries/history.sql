@@ -8,26 +8,30 @@
 -- and recorded manual decision, the sources of the audit events. Built as
 -- one JSON text that msgspec decodes in one pass; the declared-step view
 -- and the audit events are derived from it in Python. Timestamps go through
--- squidmesh.utc_iso so the session's TimeZone never matters.
+-- squidmesh.utc_iso so the session's TimeZone never matters. Names are
+-- schema-qualified (see runs.sql).
 -- No row = no such run.
-SELECT json_build_object(
+SELECT pg_catalog.json_build_object(
     'run', squidmesh.run_json(r),
     'step_runs', coalesce((
-        SELECT json_agg(json_build_object(
+        SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
             'kind', s.kind,
             'manual', s.manual,
             -- The shape of squidmesh.step_run_json(s), written out: that
             -- function holds a sub-select, so PostgreSQL cannot inline it,
             -- and calling it per step run makes this read a third slower.
-            'step_run', json_build_object(
+            'step_run', pg_catalog.json_build_object(
                 'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
                 'output', s.output, 'last_error', s.last_error,
                 'attempts', coalesce((
-                    SELECT json_agg(squidmesh.attempt_json(a) ORDER BY a.attempt_number)
-                    FROM squidmesh.step_attempts a WHERE a.step_run_id = s.id), '[]'),
+                    SELECT pg_catalog.json_agg(squidmesh.attempt_json(a)
+                                               ORDER BY a.attempt_number)
+                    FROM squidmesh.step_attempts a
+                    WHERE a.step_run_id OPERATOR(pg_catalog.=) s.id), '[]'),
                 'inserted_at', squidmesh.utc_iso(s.inserted_at),
                 'updated_at', squidmesh.utc_iso(s.updated_at)))
             ORDER BY s.inserted_at, s.id)
-        FROM squidmesh.step_runs s WHERE s.run_id = r.id), '[]'))::text
+        FROM squidmesh.step_runs s WHERE s.run_id OPERATOR(pg_catalog.=) r.id), '[]')
+)::pg_catalog.text
 FROM squidmesh.runs r
-WHERE r.id = $1;
+WHERE r.id OPERATOR(pg_catalog.=) $1;

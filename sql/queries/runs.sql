@@ -9,45 +9,63 @@
 --
 -- Field writes take a (given?, value) pair per field so the SQL text stays
 -- stable (one prepared statement) whichever fields a caller passes.
+--
+-- Names are resolved at prepare time through the caller's search_path, which
+-- squidmesh does not own: a function or operator of the same name in a schema
+-- listed before pg_catalog would win. So every function, operator and type
+-- here is schema-qualified (pg_catalog.clock_timestamp(), OPERATOR(pg_catalog.=),
+-- ::pg_catalog.text); only SQL syntax (COALESCE, CASE, EXISTS, GREATEST) is
+-- written bare. A unit test checks this, an integration test runs the API
+-- under a hostile search_path.
+--
+-- Writes stamp updated_at with the clock at the write (clock_timestamp()),
+-- not the transaction start (now()) taken before any lock wait, and never
+-- earlier than the stored value: updated_at follows version.
 
 -- name: insert_run
--- One round trip: the new run's timestamps come from the server clock.
+-- One round trip; inserted_at and updated_at are one reading of the clock.
 INSERT INTO squidmesh.runs AS r
-    (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id)
-VALUES ($1, $2, $3, 'pending', $4::text::jsonb, '{}'::jsonb, $5, $6)
-RETURNING squidmesh.run_json(r)::text;
+    (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id,
+     inserted_at, updated_at)
+SELECT $1, $2, $3, 'pending', $4::pg_catalog.text::pg_catalog.jsonb, '{}'::pg_catalog.jsonb,
+       $5, $6, c.ts, c.ts
+FROM (SELECT pg_catalog.clock_timestamp() AS ts) c
+RETURNING squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: get_run
 -- Primary-key lookup.
-SELECT squidmesh.run_json(r)::text FROM squidmesh.runs r WHERE r.id = $1;
+SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+WHERE r.id OPERATOR(pg_catalog.=) $1;
 
 -- name: lock_run
 -- The locking read for operations that run user code under the lock.
-SELECT squidmesh.run_json(r)::text FROM squidmesh.runs r WHERE r.id = $1 FOR UPDATE;
+SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
 
 -- name: list_runs
--- Newest first; runs_inserted_idx. $1 = limit (NULL = all).
-SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
-FROM (SELECT * FROM squidmesh.runs
-      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+-- Newest first; runs_inserted_idx. $1 = limit (NULL = all). One row per run:
+-- aggregating them into one value would fail past PostgreSQL's 1 GB limit on
+-- a single value.
+SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
 
 -- name: list_runs_by_workflow
 -- runs_workflow_inserted_idx.
-SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
-FROM (SELECT * FROM squidmesh.runs WHERE workflow = $2
-      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+WHERE r.workflow OPERATOR(pg_catalog.=) $2
+ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
 
 -- name: list_runs_by_status
 -- runs_status_inserted_idx.
-SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
-FROM (SELECT * FROM squidmesh.runs WHERE status = $2
-      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+WHERE r.status OPERATOR(pg_catalog.=) $2
+ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
 
 -- name: list_runs_by_workflow_status
 -- runs_workflow_status_inserted_idx.
-SELECT coalesce(json_agg(squidmesh.run_json(r) ORDER BY r.inserted_at DESC, r.id DESC), '[]')::text
-FROM (SELECT * FROM squidmesh.runs WHERE workflow = $2 AND status = $3
-      ORDER BY inserted_at DESC, id DESC LIMIT $1) r;
+SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+WHERE r.workflow OPERATOR(pg_catalog.=) $2 AND r.status OPERATOR(pg_catalog.=) $3
+ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
 
 -- name: insert_replay
 -- One round trip. $1 new id, $2 source id, $3/$4 the registered workflows'
@@ -57,18 +75,22 @@ FROM (SELECT * FROM squidmesh.runs WHERE workflow = $2 AND status = $3
 -- workflow and the new run, NULL when that workflow is not registered;
 -- no row = no source.
 WITH source AS (
-    SELECT * FROM squidmesh.runs WHERE id = $2
+    SELECT * FROM squidmesh.runs WHERE id OPERATOR(pg_catalog.=) $2
 ), registered AS (
     SELECT source.*, e.entry_step
     FROM source
-    JOIN unnest($3::text[], $4::text[]) AS e(workflow, entry_step)
-      ON e.workflow = source.workflow
+    JOIN ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]),
+                           pg_catalog.unnest($4::pg_catalog.text[]))
+        AS e(workflow, entry_step)
+      ON e.workflow OPERATOR(pg_catalog.=) source.workflow
 ), inserted AS (
     INSERT INTO squidmesh.runs AS r
-        (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id)
-    SELECT $1, g.workflow, g.trigger, 'pending', g.payload, '{}'::jsonb, g.entry_step, g.id
-    FROM registered g
-    RETURNING squidmesh.run_json(r)::text AS run
+        (id, workflow, trigger, status, payload, context, current_step, replayed_from_run_id,
+         inserted_at, updated_at)
+    SELECT $1, g.workflow, g.trigger, 'pending', g.payload, '{}'::pg_catalog.jsonb,
+           g.entry_step, g.id, c.ts, c.ts
+    FROM registered g, (SELECT pg_catalog.clock_timestamp() AS ts) c
+    RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
 )
 SELECT source.workflow, inserted.run FROM source LEFT JOIN inserted ON true;
 
@@ -77,18 +99,20 @@ SELECT source.workflow, inserted.run FROM source LEFT JOIN inserted ON true;
 -- ($9, from the state machine), write. Returns the status read under the
 -- lock and the new run (NULL when the move is illegal); no row = not found.
 WITH locked AS (
-    SELECT id, status FROM squidmesh.runs WHERE id = $1 FOR UPDATE
+    SELECT id, status FROM squidmesh.runs WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE
 ), moved AS (
     UPDATE squidmesh.runs r SET
         status = $2,
-        context = CASE WHEN $3 THEN $4::text::jsonb ELSE r.context END,
+        context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
         current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
-        last_error = CASE WHEN $7 THEN $8::text::jsonb ELSE r.last_error END,
-        version = r.version + 1,
-        updated_at = now()
+        last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb
+                          ELSE r.last_error END,
+        version = r.version OPERATOR(pg_catalog.+) 1,
+        updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
     FROM locked
-    WHERE r.id = locked.id AND locked.status = ANY($9::text[])
-    RETURNING squidmesh.run_json(r)::text AS run
+    WHERE r.id OPERATOR(pg_catalog.=) locked.id
+      AND locked.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
+    RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
 )
 SELECT locked.status, moved.run FROM locked LEFT JOIN moved ON true;
 
@@ -100,53 +124,55 @@ SELECT locked.status, moved.run FROM locked LEFT JOIN moved ON true;
 -- move) falls back to transition_run, which tells the two apart atomically.
 UPDATE squidmesh.runs r SET
     status = $2,
-    context = CASE WHEN $3 THEN $4::text::jsonb ELSE r.context END,
+    context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
-    last_error = CASE WHEN $7 THEN $8::text::jsonb ELSE r.last_error END,
-    version = r.version + 1,
-    updated_at = now()
-WHERE r.id = $1 AND r.status = ANY($9::text[])
-RETURNING old.status, squidmesh.run_json(r)::text;
+    last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
+    version = r.version OPERATOR(pg_catalog.+) 1,
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+WHERE r.id OPERATOR(pg_catalog.=) $1 AND r.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
+RETURNING old.status, squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: update_run
 -- The UPDATE takes the row lock itself; status is untouched.
 UPDATE squidmesh.runs r SET
-    context = CASE WHEN $2 THEN $3::text::jsonb ELSE r.context END,
+    context = CASE WHEN $2 THEN $3::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $4 THEN $5 ELSE r.current_step END,
-    last_error = CASE WHEN $6 THEN $7::text::jsonb ELSE r.last_error END,
-    version = r.version + 1,
-    updated_at = now()
-WHERE r.id = $1
-RETURNING squidmesh.run_json(r)::text;
+    last_error = CASE WHEN $6 THEN $7::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
+    version = r.version OPERATOR(pg_catalog.+) 1,
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+WHERE r.id OPERATOR(pg_catalog.=) $1
+RETURNING squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: cancel_run
 -- One round trip; the branches and the paused-step finalisation live in the
--- function squidmesh.cancel_run (sql/0001_initial.sql), which locks the run
+-- function squidmesh.cancel_run (sql/0002_hardening.sql), which locks the run
 -- row FOR UPDATE before it reads anything else.
 SELECT from_status, run, failed_step, attempt_number, duration_s
-FROM squidmesh.cancel_run($1, $2::text::jsonb);
+FROM squidmesh.cancel_run($1, $2::pg_catalog.text::pg_catalog.jsonb);
 
 -- name: cancel_run_fast
 -- PostgreSQL >= 18: the common cases (pending -> cancelled, running or
 -- retrying -> cancelling) as one guarded UPDATE. No row back (paused,
 -- terminal, not found) falls back to cancel_run, which decides atomically.
 UPDATE squidmesh.runs r SET
-    status = CASE WHEN r.status = 'pending' THEN 'cancelled' ELSE 'cancelling' END,
+    status = CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN 'cancelled'
+                  ELSE 'cancelling' END,
     current_step = NULL,
-    version = r.version + 1,
-    updated_at = now()
-WHERE r.id = $1 AND r.status IN ('pending', 'running', 'retrying')
-RETURNING old.status, squidmesh.run_json(r)::text;
+    version = r.version OPERATOR(pg_catalog.+) 1,
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+WHERE r.id OPERATOR(pg_catalog.=) $1
+  AND r.status OPERATOR(pg_catalog.=) ANY ('{pending,running,retrying}'::pg_catalog.text[])
+RETURNING old.status, squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: write_run
 -- A write to a row the caller already locked in its transaction
 -- (SELECT ... FOR UPDATE): status $2 (NULL = unchanged) and fields.
 UPDATE squidmesh.runs r SET
     status = coalesce($2, r.status),
-    context = CASE WHEN $3 THEN $4::text::jsonb ELSE r.context END,
+    context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
-    last_error = CASE WHEN $7 THEN $8::text::jsonb ELSE r.last_error END,
-    version = r.version + 1,
-    updated_at = now()
-WHERE r.id = $1
-RETURNING squidmesh.run_json(r)::text;
+    last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
+    version = r.version OPERATOR(pg_catalog.+) 1,
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+WHERE r.id OPERATOR(pg_catalog.=) $1
+RETURNING squidmesh.run_json(r)::pg_catalog.text;

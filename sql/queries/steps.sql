@@ -11,6 +11,9 @@
 -- takes it); inserting a step run also takes a KEY SHARE lock on its run
 -- through the foreign key, so it waits behind a transaction that holds the
 -- run FOR UPDATE (cancel_run, pause_run).
+--
+-- Every name is schema-qualified and every write stamps the clock at the
+-- write, never earlier than the stored value: see the header of runs.sql.
 
 -- name: begin_step
 -- One round trip. $1 new id, $2 run id, $3 step, $4 input, $5/$6 the
@@ -21,35 +24,47 @@
 -- scheduled (pending) step run is started; any other is returned as is.
 -- No row = the run does not exist.
 WITH run AS (
-    SELECT id, workflow FROM squidmesh.runs WHERE id = $2
+    SELECT id, workflow FROM squidmesh.runs WHERE id OPERATOR(pg_catalog.=) $2
 )
-INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
+INSERT INTO squidmesh.step_runs AS s
+    (id, run_id, step, kind, status, input, inserted_at, updated_at)
 SELECT $1, run.id, $3,
-       coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
-                 WHERE m.workflow = run.workflow), 'step'),
-       'running', $4::text::jsonb
-FROM run
+       coalesce((SELECT m.kind
+                 FROM ROWS FROM (pg_catalog.unnest($5::pg_catalog.text[]),
+                           pg_catalog.unnest($6::pg_catalog.text[]))
+                     AS m(workflow, kind)
+                 WHERE m.workflow OPERATOR(pg_catalog.=) run.workflow), 'step'),
+       'running', $4::pg_catalog.text::pg_catalog.jsonb, c.ts, c.ts
+FROM run, (SELECT pg_catalog.clock_timestamp() AS ts) c
 ON CONFLICT (run_id, step) DO UPDATE SET
-    status = CASE WHEN s.status = 'pending' THEN 'running' ELSE s.status END,
-    input = CASE WHEN s.status = 'pending' THEN EXCLUDED.input ELSE s.input END,
-    updated_at = CASE WHEN s.status = 'pending' THEN now() ELSE s.updated_at END
-RETURNING squidmesh.step_run_json(s)::text;
+    status = CASE WHEN s.status OPERATOR(pg_catalog.=) 'pending' THEN 'running'
+                  ELSE s.status END,
+    input = CASE WHEN s.status OPERATOR(pg_catalog.=) 'pending' THEN EXCLUDED.input
+                 ELSE s.input END,
+    updated_at = CASE WHEN s.status OPERATOR(pg_catalog.=) 'pending'
+                      THEN GREATEST(pg_catalog.clock_timestamp(), s.updated_at)
+                      ELSE s.updated_at END
+RETURNING squidmesh.step_run_json(s)::pg_catalog.text;
 
 -- name: schedule_step
 -- One round trip, the same shape as begin_step: a new step run is pending;
 -- an existing one is returned unchanged (the no-op update is what makes
 -- RETURNING hand back a row a concurrent caller just committed).
 WITH run AS (
-    SELECT id, workflow FROM squidmesh.runs WHERE id = $2
+    SELECT id, workflow FROM squidmesh.runs WHERE id OPERATOR(pg_catalog.=) $2
 )
-INSERT INTO squidmesh.step_runs AS s (id, run_id, step, kind, status, input)
+INSERT INTO squidmesh.step_runs AS s
+    (id, run_id, step, kind, status, input, inserted_at, updated_at)
 SELECT $1, run.id, $3,
-       coalesce((SELECT m.kind FROM unnest($5::text[], $6::text[]) AS m(workflow, kind)
-                 WHERE m.workflow = run.workflow), 'step'),
-       'pending', $4::text::jsonb
-FROM run
+       coalesce((SELECT m.kind
+                 FROM ROWS FROM (pg_catalog.unnest($5::pg_catalog.text[]),
+                           pg_catalog.unnest($6::pg_catalog.text[]))
+                     AS m(workflow, kind)
+                 WHERE m.workflow OPERATOR(pg_catalog.=) run.workflow), 'step'),
+       'pending', $4::pg_catalog.text::pg_catalog.jsonb, c.ts, c.ts
+FROM run, (SELECT pg_catalog.clock_timestamp() AS ts) c
 ON CONFLICT (run_id, step) DO UPDATE SET status = s.status
-RETURNING squidmesh.step_run_json(s)::text;
+RETURNING squidmesh.step_run_json(s)::pg_catalog.text;
 
 -- name: finish_step
 -- One round trip: complete ($2 = 'completed', output $3) or fail ($2 =
@@ -57,36 +72,40 @@ RETURNING squidmesh.step_run_json(s)::text;
 -- No row = no such step run.
 UPDATE squidmesh.step_runs s SET
     status = $2,
-    output = coalesce($3::text::jsonb, s.output),
-    last_error = coalesce($4::text::jsonb, s.last_error),
-    updated_at = now()
-WHERE s.id = $1
-RETURNING squidmesh.step_run_json(s)::text;
+    output = coalesce($3::pg_catalog.text::pg_catalog.jsonb, s.output),
+    last_error = coalesce($4::pg_catalog.text::pg_catalog.jsonb, s.last_error),
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), s.updated_at)
+WHERE s.id OPERATOR(pg_catalog.=) $1
+RETURNING squidmesh.step_run_json(s)::pg_catalog.text;
 
 -- name: complete_manual_step
 -- One round trip: complete a manual step run with output $2 and record the
 -- human decision in `manual` (event $3, actor $4, comment $5, metadata $6,
--- at $7, or the server clock when NULL), always formatted in UTC.
+-- at $7, or the clock at the write when NULL), always formatted in UTC.
 UPDATE squidmesh.step_runs s SET
     status = 'completed',
-    output = coalesce($2::text::jsonb, s.output),
-    manual = jsonb_build_object(
-        'event', $3::text, 'actor', $4::text, 'comment', $5::text,
-        'metadata', $6::text::jsonb,
-        'at', squidmesh.utc_iso(coalesce($7::timestamptz, now()))),
-    updated_at = now()
-WHERE s.id = $1
-RETURNING squidmesh.step_run_json(s)::text;
+    output = coalesce($2::pg_catalog.text::pg_catalog.jsonb, s.output),
+    manual = pg_catalog.jsonb_build_object(
+        'event', $3::pg_catalog.text, 'actor', $4::pg_catalog.text,
+        'comment', $5::pg_catalog.text,
+        'metadata', $6::pg_catalog.text::pg_catalog.jsonb,
+        'at', squidmesh.utc_iso(coalesce($7::pg_catalog.timestamptz,
+                                         pg_catalog.clock_timestamp()))),
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), s.updated_at)
+WHERE s.id OPERATOR(pg_catalog.=) $1
+RETURNING squidmesh.step_run_json(s)::pg_catalog.text;
 
 -- name: record_resume
 -- One round trip: store what a paused step resumes to; status unchanged.
-UPDATE squidmesh.step_runs s SET resume = $2::text::jsonb, updated_at = now()
-WHERE s.id = $1
-RETURNING squidmesh.step_run_json(s)::text;
+UPDATE squidmesh.step_runs s SET
+    resume = $2::pg_catalog.text::pg_catalog.jsonb,
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), s.updated_at)
+WHERE s.id OPERATOR(pg_catalog.=) $1
+RETURNING squidmesh.step_run_json(s)::pg_catalog.text;
 
 -- name: lock_step_run
 -- The locking read of begin_attempt's contended path (see lock_and_begin_attempt).
-SELECT id FROM squidmesh.step_runs WHERE id = $1 FOR UPDATE;
+SELECT id FROM squidmesh.step_runs WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
 
 -- name: lock_and_begin_attempt
 -- $1 new id, $2 step run id. Locks the step run, then inserts number max + 1
@@ -99,25 +118,27 @@ SELECT id FROM squidmesh.step_runs WHERE id = $1 FOR UPDATE;
 -- transaction, where this statement's snapshot is taken after the lock is held.
 -- No row = no such step run.
 WITH step_run AS (
-    SELECT id FROM squidmesh.step_runs WHERE id = $2 FOR UPDATE
+    SELECT id FROM squidmesh.step_runs WHERE id OPERATOR(pg_catalog.=) $2 FOR UPDATE
 )
-INSERT INTO squidmesh.step_attempts AS a (id, step_run_id, attempt_number, status)
+INSERT INTO squidmesh.step_attempts AS a
+    (id, step_run_id, attempt_number, status, inserted_at, updated_at)
 SELECT $1, sr.id,
-       1 + coalesce((SELECT max(x.attempt_number) FROM squidmesh.step_attempts x
-                     WHERE x.step_run_id = sr.id), 0),
-       'running'
-FROM step_run sr
-RETURNING squidmesh.attempt_json(a)::text;
+       1 OPERATOR(pg_catalog.+) coalesce((
+           SELECT pg_catalog.max(x.attempt_number) FROM squidmesh.step_attempts x
+           WHERE x.step_run_id OPERATOR(pg_catalog.=) sr.id), 0),
+       'running', c.ts, c.ts
+FROM step_run sr, (SELECT pg_catalog.clock_timestamp() AS ts) c
+RETURNING squidmesh.attempt_json(a)::pg_catalog.text;
 
 -- name: finish_attempt
 -- One round trip: $2 = 'completed' or 'failed', error $3 (NULL keeps it).
 -- No row = no such attempt.
 UPDATE squidmesh.step_attempts a SET
     status = $2,
-    error = coalesce($3::text::jsonb, a.error),
-    updated_at = now()
-WHERE a.id = $1
-RETURNING squidmesh.attempt_json(a)::text;
+    error = coalesce($3::pg_catalog.text::pg_catalog.jsonb, a.error),
+    updated_at = GREATEST(pg_catalog.clock_timestamp(), a.updated_at)
+WHERE a.id OPERATOR(pg_catalog.=) $1
+RETURNING squidmesh.attempt_json(a)::pg_catalog.text;
 
 -- name: lock_and_pause_run
 -- One round trip for every branch, decided on the state read under the lock.
@@ -137,66 +158,82 @@ RETURNING squidmesh.attempt_json(a)::text;
 -- (when given) to the step run; the found flags let the caller say which.
 -- Locks: the run (locked), then the step run (step joins locked), then the
 -- attempt (attempt joins step): the data dependencies fix that order.
+-- duration_s counts to the clock after the locks are held, so it is never
+-- negative however long the wait.
 WITH locked AS (
-    SELECT r.id, r.status, squidmesh.run_json(r)::text AS run
-    FROM squidmesh.runs r WHERE r.id = $1 FOR UPDATE
+    SELECT r.id, r.status, squidmesh.run_json(r)::pg_catalog.text AS run
+    FROM squidmesh.runs r WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE
 ), step AS (
     SELECT s.id, s.step, s.inserted_at
-    FROM squidmesh.step_runs s JOIN locked ON s.run_id = locked.id
-    WHERE s.id = $2 FOR UPDATE OF s
+    FROM squidmesh.step_runs s JOIN locked ON s.run_id OPERATOR(pg_catalog.=) locked.id
+    WHERE s.id OPERATOR(pg_catalog.=) $2 FOR UPDATE OF s
 ), attempt AS (
     SELECT a.id
-    FROM squidmesh.step_attempts a JOIN step ON a.step_run_id = step.id
-    WHERE a.id = $3 FOR UPDATE OF a
+    FROM squidmesh.step_attempts a JOIN step ON a.step_run_id OPERATOR(pg_catalog.=) step.id
+    WHERE a.id OPERATOR(pg_catalog.=) $3 FOR UPDATE OF a
 ), decision AS (
     SELECT locked.id,
-           CASE WHEN locked.status IN ('failed', 'completed', 'cancelled') THEN 'terminal'
-                WHEN locked.status = 'cancelling' THEN 'cancel'
-                WHEN locked.status = ANY($4::text[]) THEN 'pause'
+           CASE WHEN locked.status OPERATOR(pg_catalog.=)
+                         ANY ('{failed,completed,cancelled}'::pg_catalog.text[])
+                    THEN 'terminal'
+                WHEN locked.status OPERATOR(pg_catalog.=) 'cancelling' THEN 'cancel'
+                WHEN locked.status OPERATOR(pg_catalog.=) ANY ($4::pg_catalog.text[])
+                    THEN 'pause'
                 ELSE 'illegal' END AS branch,
-           CASE WHEN locked.status IN ('cancelled', 'cancelling') THEN $11::text::jsonb
-                ELSE jsonb_build_object(
+           CASE WHEN locked.status OPERATOR(pg_catalog.=)
+                         ANY ('{cancelled,cancelling}'::pg_catalog.text[])
+                    THEN $11::pg_catalog.text::pg_catalog.jsonb
+                ELSE pg_catalog.jsonb_build_object(
                     'message', 'run already finalized before pause progression',
-                    'status', locked.status) END AS error
+                    'status', locked.status) END AS error,
+           pg_catalog.clock_timestamp() AS at
     FROM locked
     WHERE EXISTS (SELECT 1 FROM step)
-      AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM attempt))
+      AND ($3::pg_catalog.uuid IS NULL OR EXISTS (SELECT 1 FROM attempt))
 ), moved AS (
     UPDATE squidmesh.runs r SET
-        status = CASE WHEN d.branch = 'cancel' THEN 'cancelled' ELSE 'paused' END,
-        context = CASE WHEN $5 THEN $6::text::jsonb ELSE r.context END,
-        current_step = CASE WHEN d.branch = 'cancel' THEN NULL
+        status = CASE WHEN d.branch OPERATOR(pg_catalog.=) 'cancel' THEN 'cancelled'
+                      ELSE 'paused' END,
+        context = CASE WHEN $5 THEN $6::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
+        current_step = CASE WHEN d.branch OPERATOR(pg_catalog.=) 'cancel' THEN NULL
                             WHEN $7 THEN $8 ELSE r.current_step END,
-        last_error = CASE WHEN d.branch = 'cancel' THEN NULL
-                          WHEN $9 THEN $10::text::jsonb ELSE r.last_error END,
-        version = r.version + 1,
-        updated_at = now()
+        last_error = CASE WHEN d.branch OPERATOR(pg_catalog.=) 'cancel' THEN NULL
+                          WHEN $9 THEN $10::pg_catalog.text::pg_catalog.jsonb
+                          ELSE r.last_error END,
+        version = r.version OPERATOR(pg_catalog.+) 1,
+        updated_at = GREATEST(d.at, r.updated_at)
     FROM decision d
-    WHERE r.id = d.id AND d.branch IN ('cancel', 'pause')
-    RETURNING squidmesh.run_json(r)::text AS run
+    WHERE r.id OPERATOR(pg_catalog.=) d.id
+      AND d.branch OPERATOR(pg_catalog.=) ANY ('{cancel,pause}'::pg_catalog.text[])
+    RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
 ), failed_step AS (
     UPDATE squidmesh.step_runs s SET
-        status = 'failed', last_error = d.error, updated_at = now()
+        status = 'failed', last_error = d.error, updated_at = GREATEST(d.at, s.updated_at)
     FROM decision d, step
-    WHERE s.id = step.id AND d.branch IN ('terminal', 'cancel') AND s.status = 'running'
+    WHERE s.id OPERATOR(pg_catalog.=) step.id
+      AND d.branch OPERATOR(pg_catalog.=) ANY ('{terminal,cancel}'::pg_catalog.text[])
+      AND s.status OPERATOR(pg_catalog.=) 'running'
     RETURNING s.id
 ), failed_attempt AS (
     UPDATE squidmesh.step_attempts a SET
-        status = 'failed', error = d.error, updated_at = now()
+        status = 'failed', error = d.error, updated_at = GREATEST(d.at, a.updated_at)
     FROM decision d, attempt
-    WHERE a.id = attempt.id AND d.branch IN ('terminal', 'cancel') AND a.status = 'running'
+    WHERE a.id OPERATOR(pg_catalog.=) attempt.id
+      AND d.branch OPERATOR(pg_catalog.=) ANY ('{terminal,cancel}'::pg_catalog.text[])
+      AND a.status OPERATOR(pg_catalog.=) 'running'
     RETURNING a.attempt_number, a.inserted_at
 )
 SELECT locked.status AS from_status,
        EXISTS (SELECT 1 FROM step) AS step_found,
        EXISTS (SELECT 1 FROM attempt) AS attempt_found,
        decision.branch,
-       decision.error::text AS error,
+       decision.error::pg_catalog.text AS error,
        coalesce(moved.run, locked.run) AS run,
        step.step,
        failed_step.id IS NOT NULL AS step_failed,
        failed_attempt.attempt_number,
-       extract(epoch FROM now() - coalesce(failed_attempt.inserted_at, step.inserted_at))::float8
+       pg_catalog.date_part('epoch', decision.at OPERATOR(pg_catalog.-)
+           coalesce(failed_attempt.inserted_at, step.inserted_at))::pg_catalog.float8
            AS duration_s
 FROM locked
 LEFT JOIN decision ON true
