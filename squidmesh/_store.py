@@ -22,7 +22,6 @@ from ._steps import CANCELLED_WHILE_PAUSED_TEXT as _CANCELLED_WHILE_PAUSED_TEXT
 from ._types import JSONMap, Run, RunChanges, RunStatus
 from ._workflow import Workflow
 
-
 _MAX_LIMIT = 2**63 - 1
 
 
