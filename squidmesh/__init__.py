@@ -6,6 +6,9 @@ row locks, cooperative cancellation, replay with lineage, history, and
 transactional dispatch. See README.md for a tour.
 """
 
+import inspect as _inspect
+
+import msgspec as _msgspec
 from msgspec import UNSET as UNSET
 
 from . import progress as progress
@@ -16,6 +19,7 @@ from ._errors import InvalidRun as InvalidRun
 from ._errors import InvalidTransition as InvalidTransition
 from ._errors import InvalidTrigger as InvalidTrigger
 from ._errors import InvalidWorkflow as InvalidWorkflow
+from ._errors import MigrationError as MigrationError
 from ._errors import RunNotFound as RunNotFound
 from ._errors import SquidMeshError as SquidMeshError
 from ._errors import StepRunNotFound as StepRunNotFound
@@ -85,6 +89,7 @@ __all__ = (
     "InvalidTransition",
     "InvalidTrigger",
     "InvalidWorkflow",
+    "MigrationError",
     "RunNotFound",
     "SquidMeshError",
     "StepRunNotFound",
@@ -95,12 +100,21 @@ __all__ = (
     "state_machine",
 )
 
-# Show the public path in reprs and tracebacks (squidmesh.Run, not squidmesh._types.Run).
+
+# Show the public path in reprs and tracebacks (squidmesh.RunNotFound, not
+# squidmesh._errors.RunNotFound), but only where nothing resolves names through
+# __module__. typing.get_type_hints, msgspec and schema generators evaluate a
+# class's string annotations in the module it claims to live in, so a Struct or
+# an annotated class renamed here would look up JSONMap, UUID, ... in this
+# package and fail, or silently find another object exported under the same
+# name. A function resolves its annotations through __globals__, so renaming it
+# is harmless.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
-        try:
-            _obj.__module__ = "squidmesh"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+    if isinstance(_obj, type):
+        _safe = not issubclass(_obj, _msgspec.Struct) and not _inspect.get_annotations(_obj)
+    else:
+        _safe = _inspect.isfunction(_obj)
+    if _safe:
+        _obj.__module__ = "squidmesh"
+del _name, _obj, _safe, _inspect, _msgspec
