@@ -21,6 +21,18 @@ from ._types import JSONMap, Run
 MAX_DEPTH: Final = 256
 # jsonb refuses values over 256 MiB; refuse far earlier with a clear message.
 MAX_ENCODED_BYTES: Final = 64 * 1024 * 1024
+# The most decimal digits a stored int may have. msgspec writes and reads big
+# ints through Python's int/str conversion, which raises past
+# sys.get_int_max_str_digits() (4300 by default, settable per process), and
+# its decoder also refuses number text longer than 4300 characters. 640 is the
+# lowest limit a process can set (sys.int_info.str_digits_check_threshold), so
+# an int within it encodes here and decodes back exactly in every process,
+# whatever its setting: a row written by one process never becomes unreadable
+# in another.
+MAX_INT_DIGITS: Final = 640
+# Compared against instead of converting to str, which is both slow and the
+# very conversion that fails.
+_INT_BOUND: Final = 10**MAX_INT_DIGITS
 
 _encoder: Final = msgspec.json.Encoder()
 # For the rare value holding a float that needs writing out in full (see encode).
@@ -42,7 +54,8 @@ def json_problem(value: object, path: str = "$") -> str | None:
 
     Refuses what msgspec would otherwise encode lossily or PostgreSQL cannot
     store: sets and tuples, arbitrary objects, NaN and infinities, NUL
-    characters, non-string keys, and nesting deeper than ``MAX_DEPTH``.
+    characters, non-string keys, nesting deeper than ``MAX_DEPTH``, and ints
+    of more than ``MAX_INT_DIGITS`` digits (which could not be read back).
     """
     return _problem(value, path, 0)
 
@@ -51,7 +64,14 @@ def _problem(value: object, path: str, depth: int) -> str | None:
     # Exact type checks: subclasses (bool of int, enums of str) are decided
     # explicitly rather than by isinstance accidents.
     t = type(value)
-    if value is None or t is bool or t is int:
+    if t is int:
+        if -_INT_BOUND < value < _INT_BOUND:  # type: ignore[operator]
+            return None
+        return (
+            f"{path}: int has more than {MAX_INT_DIGITS} digits, more than can be "
+            "stored and read back exactly (store it as a string)"
+        )
+    if value is None or t is bool:
         return None
     if t is str:
         problem = text_problem(value)  # type: ignore[arg-type]

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any, Final, NoReturn
 
-from ._codec import json_problem
+from ._codec import json_problem, text_problem
 from ._errors import InvalidTrigger, WorkflowDefinitionError
 
 __all__ = (
     "COMPLETE",
     "FIELD_TYPES",
+    "MAX_NAME_LENGTH",
     "NOW_ISO8601",
     "STEP_KINDS",
     "TODAY_ISO8601",
@@ -40,6 +41,11 @@ MANUAL_STEP_KINDS: Final = frozenset({"pause", "approval"})
 FIELD_TYPES: Final[tuple[type, ...]] = (str, int, float, bool, dict, list)
 """The types a payload field may declare."""
 
+MAX_NAME_LENGTH: Final = 255
+"""The longest workflow, trigger, step or field name: the schema's limit on the
+stored names (``runs.workflow``, ``runs.trigger``, ``step_runs.step``), which
+``begin_step`` and ``current_step`` writes enforce too."""
+
 # Exact runtime types a field accepts. Exact (not isinstance) because bool is
 # an int subclass that must not pass for int, and because json_problem refuses
 # subclasses such as enums anyway: better to say "expected str, got Color".
@@ -51,9 +57,9 @@ _ACCEPTED: Final[dict[type, frozenset[type]]] = {
     dict: frozenset({dict}),
     list: frozenset({list}),
 }
-# int and bool values can never hold NaN, NUL or nested junk, so the deep
-# JSON check is skipped for them on the hot path.
-_SHALLOW_TYPES: Final = frozenset({int, bool})
+# A bool can never hold NaN, NUL, nested junk or too many digits, so the deep
+# JSON check is skipped for it on the hot path. An int can be too big to store.
+_SHALLOW_TYPES: Final = frozenset({bool})
 
 
 class _Sentinel:
@@ -598,6 +604,32 @@ def _is_name(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def name_problem(role: str, value: object) -> str | None:
+    """Say why ``value`` cannot be the name of a ``role`` ("workflow", "step", ...), or None.
+
+    Names are stored on runs and step runs, and every registered name is sent
+    along with some statements (replay, step-run inserts), so one name
+    PostgreSQL cannot take would break statements about every workflow. The
+    rule is the one ``begin_step`` applies to a step name: a plain ``str`` of
+    1 to ``MAX_NAME_LENGTH`` characters, with no NUL and no lone surrogate.
+    """
+    if type(value) is str:
+        if not value:
+            return f"{role} name must be a non-empty string, got ''"
+        if len(value) > MAX_NAME_LENGTH:
+            return (
+                f"{role} name {value[:40]!r}... is {len(value)} characters long; "
+                f"the limit is {MAX_NAME_LENGTH}"
+            )
+        problem = text_problem(value)
+        return None if problem is None else f"{role} name {value!r} {problem}"
+    if isinstance(value, str):
+        # A str subclass (an enum member) is refused as the step writes refuse
+        # it: a name the definition accepts must be accepted everywhere.
+        return f"{role} name must be a plain str, not {type(value).__name__} ({value!r})"
+    return f"{role} name must be a non-empty string, got {value!r}"
+
+
 class _Checker:
     """Collect every problem of a definition; also derive entry step and layout."""
 
@@ -611,8 +643,9 @@ class _Checker:
         self.problems: list[str] = []
         self.entry_step: str | None = None
         self.steps: list[Step] = []
-        if not _is_name(name):
-            self.problems.append(f"workflow name must be a non-empty string, got {name!r}")
+        problem = name_problem("workflow", name)
+        if problem is not None:
+            self.problems.append(problem)
         self._check_triggers(triggers)
         self._check_steps(steps)
         self._check_transitions(transitions)
@@ -620,7 +653,7 @@ class _Checker:
         # step, even one already reported (a duplicate, a bad target): it
         # still shows intent, and ignoring it would add follow-on problems.
         from_known = [
-            t for t in transitions if isinstance(t, Transition) and t.from_step in self.step_names
+            t for t in transitions if isinstance(t, Transition) and self._is_step(t.from_step)
         ]
         self.dependency_based = any(step.after for step in self.steps)
         if self.dependency_based:
@@ -642,11 +675,9 @@ class _Checker:
             if not isinstance(trigger, Trigger):
                 self.problems.append(f"triggers[{index}] is not a Trigger: {trigger!r}")
                 continue
-            if not _is_name(trigger.name):
-                self.problems.append(
-                    f"triggers[{index}]: trigger name must be a non-empty string, "
-                    f"got {trigger.name!r}"
-                )
+            problem = name_problem("trigger", trigger.name)
+            if problem is not None:
+                self.problems.append(f"triggers[{index}]: {problem}")
             elif trigger.name in seen:
                 self.problems.append(f"duplicate trigger name {trigger.name!r}")
             else:
@@ -668,10 +699,9 @@ class _Checker:
             if not isinstance(field, Field):
                 self.problems.append(f"{label}: payload[{index}] is not a Field: {field!r}")
                 continue
-            if not _is_name(field.name):
-                self.problems.append(
-                    f"{label}: field name must be a non-empty string, got {field.name!r}"
-                )
+            problem = name_problem("field", field.name)
+            if problem is not None:
+                self.problems.append(f"{label}: {problem}")
                 continue
             where = f"{label}: field {field.name!r}"
             if field.name in seen:
@@ -705,10 +735,9 @@ class _Checker:
             if not isinstance(step, Step):
                 self.problems.append(f"steps[{index}] is not a Step: {step!r}")
                 continue
-            if not _is_name(step.name):
-                self.problems.append(
-                    f"steps[{index}]: step name must be a non-empty string, got {step.name!r}"
-                )
+            problem = name_problem("step", step.name)
+            if problem is not None:
+                self.problems.append(f"steps[{index}]: {problem}")
                 continue
             if step.name == COMPLETE:
                 # Left out of the step list: as a step it could never be
@@ -731,6 +760,17 @@ class _Checker:
             self.steps.append(step)
         self.step_names = {step.name for step in self.steps}
 
+    def _is_step(self, name: object) -> bool:
+        # Only a str is looked up: an unhashable reference (a list) would
+        # raise TypeError from the set instead of being reported.
+        return type(name) is str and name in self.step_names
+
+    def _reference_problem(self, name: object) -> str | None:
+        """Why a step reference (a transition end, an ``after`` entry) is invalid, or None."""
+        if type(name) is str and name == COMPLETE:
+            return None
+        return name_problem("step", name)
+
     def _check_transitions(self, transitions: tuple[object, ...]) -> None:
         seen: set[tuple[str, str]] = set()
         for index, transition in enumerate(transitions):
@@ -743,12 +783,20 @@ class _Checker:
                     f"{transition!r}: `on` must be a non-empty string, got {transition.on!r}"
                 )
                 ok = False
-            if transition.from_step not in self.step_names:
+            from_problem = self._reference_problem(transition.from_step)
+            if from_problem is not None:
+                self.problems.append(f"{transition!r}: {from_problem}")
+                ok = False
+            elif not self._is_step(transition.from_step):
                 self.problems.append(
                     f"{transition!r} starts at unknown step {transition.from_step!r}"
                 )
                 ok = False
-            if transition.to != COMPLETE and transition.to not in self.step_names:
+            to_problem = self._reference_problem(transition.to)
+            if to_problem is not None:
+                self.problems.append(f"{transition!r}: {to_problem}")
+                ok = False
+            elif transition.to != COMPLETE and not self._is_step(transition.to):
                 self.problems.append(
                     f"{transition!r} leads to unknown step {transition.to!r} "
                     f"(use {COMPLETE!r} to end the workflow)"
@@ -765,7 +813,7 @@ class _Checker:
             seen.add(key)
 
     def _check_entry(self, transitions: list[Transition]) -> None:
-        targets = {t.to for t in transitions}
+        targets = {t.to for t in transitions if type(t.to) is str}
         entries = [step.name for step in self.steps if step.name not in targets]
         if len(entries) == 1:
             self.entry_step = entries[0]
@@ -785,7 +833,10 @@ class _Checker:
     def _check_approvals(self, transitions: list[Transition]) -> None:
         outcomes: dict[str, set[str]] = {}
         for transition in transitions:
-            outcomes.setdefault(transition.from_step, set()).add(transition.on)
+            # `on` is never stored, so a str subclass (an enum) is fine; only
+            # an unhashable `on` (already reported) is left out of the set.
+            if isinstance(transition.on, str):
+                outcomes.setdefault(transition.from_step, set()).add(transition.on)
         for step in self.steps:
             if step.kind != "approval":
                 continue
@@ -801,6 +852,10 @@ class _Checker:
         for step in self.steps:
             seen: set[str] = set()
             for dependency in step.after:
+                problem = name_problem("step", dependency)
+                if problem is not None:
+                    self.problems.append(f"step {step.name!r}: `after` entry: {problem}")
+                    continue
                 if dependency == step.name:
                     self.problems.append(f"step {step.name!r} lists itself in `after`")
                 elif dependency not in self.step_names:
@@ -822,7 +877,7 @@ class _Checker:
         # Only edges between distinct, known steps: self-references and
         # unknown names are reported on their own and would only add noise.
         return {
-            step.name: [d for d in step.after if d != step.name and d in self.step_names]
+            step.name: [d for d in step.after if d != step.name and self._is_step(d)]
             for step in self.steps
         }
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,7 +16,7 @@ import msgspec
 import pytest
 
 from squidmesh import InvalidRun, Run, RunStatus, _codec
-from squidmesh._codec import MAX_DEPTH, json_problem
+from squidmesh._codec import MAX_DEPTH, MAX_INT_DIGITS, json_problem
 
 
 class _Thing:
@@ -118,6 +120,64 @@ def test_bool_subclass_and_int_subclass_are_refused() -> None:
     assert json_problem(MyInt(3)) is not None
     assert json_problem(MyStr("x")) is not None
     assert json_problem({"a": MyInt(1)}) is not None
+
+
+# -- ints: at most MAX_INT_DIGITS digits ------------------------------------------
+
+LARGEST_INT = 10**MAX_INT_DIGITS - 1
+
+
+@pytest.fixture
+def lowest_int_str_limit() -> Iterator[None]:
+    """The lowest int/str conversion limit a process can set, restored afterwards."""
+    saved = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(sys.int_info.str_digits_check_threshold)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(saved)
+
+
+def test_max_int_digits_is_within_every_int_str_limit() -> None:
+    # A process may lower its limit to the threshold but no further, so ints
+    # within it convert (and msgspec decodes them) in every process.
+    assert MAX_INT_DIGITS <= sys.int_info.str_digits_check_threshold
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        pytest.param(10**MAX_INT_DIGITS, "$", id="one-past-the-largest"),
+        pytest.param(-(10**MAX_INT_DIGITS), "$", id="one-past-the-smallest"),
+        pytest.param(10**4300, "$", id="10**4300"),
+        pytest.param(-(10**5000), "$", id="-10**5000"),
+        pytest.param(2 ** (2**20), "$", id="2**2**20"),
+        pytest.param({"a": [0, 10**4300]}, "$.a[1]", id="nested"),
+    ],
+)
+def test_an_int_with_too_many_digits_is_refused_without_converting_it(
+    value: object, path: str
+) -> None:
+    problem = json_problem(value)
+    assert problem is not None
+    assert problem.startswith(f"{path}: int has more than {MAX_INT_DIGITS} digits")
+
+
+@pytest.mark.parametrize("value", [LARGEST_INT, -LARGEST_INT], ids=["largest", "smallest"])
+def test_the_largest_allowed_int_round_trips_exactly(value: int) -> None:
+    assert json_problem(value) is None
+    doc = {"n": value, "nested": [value]}
+    assert _codec.decode_map(_codec.encode(doc)) == doc
+
+
+@pytest.mark.usefixtures("lowest_int_str_limit")
+def test_the_largest_allowed_int_round_trips_under_the_lowest_int_str_limit() -> None:
+    doc = {"pos": LARGEST_INT, "neg": -LARGEST_INT}
+    text = _codec.encode(doc)
+    assert _codec.decode_map(text) == doc
+    assert (
+        _codec.decode_run(msgspec.json.encode(_run_json(payload=doc, context=doc))).payload == doc
+    )
 
 
 def test_depth_limit_boundary() -> None:

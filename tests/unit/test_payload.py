@@ -180,6 +180,36 @@ def test_values_json_cannot_store(field: str, value: object, fragment: str) -> N
     assert fragment in error.invalid_types[field]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        pytest.param("i", 10**4300, "$.i: int has more than 640 digits", id="int-field"),
+        pytest.param("i", -(10**4300), "$.i: int has more than 640 digits", id="negative"),
+        pytest.param("i", 10**640, "$.i: int has more than 640 digits", id="one-past"),
+        pytest.param("f", 10**4300, "$.f: int has more than 640 digits", id="float-field"),
+        pytest.param("d", {"k": [10**4300]}, "$.d.k[0]: int has more than", id="in-dict"),
+        pytest.param("l", [1, 10**4300], "$.l[1]: int has more than", id="in-list"),
+    ],
+)
+def test_ints_too_big_to_store_are_invalid(field: str, value: object, fragment: str) -> None:
+    error = rejected(TYPED, {**GOOD_TYPED, field: value})
+    assert list(error.invalid_types) == [field]
+    assert fragment in error.invalid_types[field]
+    assert "invalid types: " + field in str(error)
+
+
+def test_the_largest_allowed_int_is_accepted() -> None:
+    largest = 10**640 - 1
+    payload = {**GOOD_TYPED, "i": largest, "f": -largest, "d": {"k": largest}}
+    assert build_payload(TYPED, payload) == payload
+
+
+def test_a_factory_default_too_big_to_store_is_invalid() -> None:
+    trigger = Trigger("t", [Field("n", int, default=lambda: 10**4300)])
+    error = rejected(trigger, {})
+    assert list(error.invalid_types) == ["n"]
+
+
 def test_deeply_nested_json_is_accepted() -> None:
     value: dict[str, Any] = {"a": [{"b": [1, 2.5, None, True, "x"]}]}
     assert build_payload(TYPED, {**GOOD_TYPED, "d": value})["d"] is value

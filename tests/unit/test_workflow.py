@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import enum
 import pickle
 from collections.abc import Sequence
 
 import pytest
 
+from squidmesh._codec import MAX_INT_DIGITS
 from squidmesh._errors import InvalidTrigger, WorkflowDefinitionError
 from squidmesh._workflow import (
     COMPLETE,
+    MAX_NAME_LENGTH,
     NOW_ISO8601,
     TODAY_ISO8601,
     Field,
@@ -473,6 +476,131 @@ def test_long_dependency_cycle_is_reported() -> None:
     steps = [Step(f"s{i}", after=[f"s{(i - 1) % 3000}"]) for i in range(3000)]
     problem = only_problem(steps=steps)
     assert problem.startswith("dependency cycle")
+
+
+# -- names that cannot be stored ----------------------------------------------------
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+
+
+# (label, name, fragment of the problem after "<role> name")
+UNSTORABLE_NAMES = [
+    pytest.param("nul\x00", "contains a NUL character", id="NUL"),
+    pytest.param("s\ud800", "contains a lone surrogate", id="lone-surrogate"),
+    pytest.param("\udfff", "contains a lone surrogate", id="only-a-surrogate"),
+    pytest.param("n" * (MAX_NAME_LENGTH + 1), "is 256 characters long; the limit is 255", id="256"),
+    pytest.param("n" * 300, "is 300 characters long", id="300"),
+    pytest.param("", "must be a non-empty string", id="empty"),
+    pytest.param(Color.RED, "must be a plain str, not Color", id="str-enum"),
+]
+
+
+def with_name(role: str, name: object) -> dict[str, object]:
+    """build() arguments where only ``role``'s name is ``name``."""
+    if role == "workflow":
+        return {"name": name}
+    if role == "trigger":
+        return {"triggers": [Trigger(name)]}  # type: ignore[arg-type]
+    if role == "field":
+        return {"triggers": [Trigger("t", [Field(name, str)])]}  # type: ignore[arg-type]
+    assert role == "step"
+    return {"steps": [Step(name)]}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "fragment"), UNSTORABLE_NAMES)
+@pytest.mark.parametrize("role", ["workflow", "trigger", "step", "field"])
+def test_a_name_that_cannot_be_stored_is_a_problem_naming_its_role(
+    role: str, name: object, fragment: str
+) -> None:
+    problem = only_problem(**with_name(role, name))
+    assert f"{role} name" in problem
+    assert fragment in problem
+
+
+@pytest.mark.parametrize("role", ["workflow", "trigger", "step", "field"])
+def test_names_of_the_longest_storable_length_are_accepted(role: str) -> None:
+    longest = "\U0001f991" * MAX_NAME_LENGTH  # characters, not UTF-8 bytes, count
+    build(**with_name(role, longest))  # type: ignore[arg-type]
+
+
+def test_a_long_name_is_shortened_in_the_problem() -> None:
+    problem = only_problem(name="w" * 10_000)
+    assert "is 10000 characters long" in problem
+    assert len(problem) < 200
+
+
+def test_all_unstorable_names_are_listed_together() -> None:
+    problems = problems_of(
+        name="w\x00",
+        triggers=[Trigger("t" * 256, [Field("f\ud800", str)])],
+        steps=[Step("s" * 256)],
+    )
+    assert len(problems) == 4, problems
+    for role, problem in zip(["workflow", "trigger", "field", "step"], problems, strict=True):
+        assert f"{role} name" in problem
+
+
+@pytest.mark.parametrize(
+    "transition",
+    [
+        Transition("a\x00", on="ok", to="complete"),
+        Transition("a", on="ok", to="b\ud800"),
+        Transition("a", on="ok", to="b" * 256),
+        Transition("", on="ok", to="complete"),
+        Transition("a", on="ok", to=Color.RED),
+    ],
+    ids=repr,
+)
+def test_a_transition_naming_an_unstorable_step_is_a_step_name_problem(
+    transition: Transition,
+) -> None:
+    problem = only_problem(steps=[Step("a")], transitions=[transition])
+    assert problem.startswith(f"{transition!r}: step name")
+    assert "unknown step" not in problem
+
+
+def test_an_after_entry_naming_an_unstorable_step_is_a_step_name_problem() -> None:
+    problem = only_problem(steps=[Step("a"), Step("b", after=["a", "a\x00"])])
+    assert problem.startswith("step 'b': `after` entry: step name 'a\\x00' contains a NUL")
+
+
+def test_unhashable_references_are_problems_not_type_errors() -> None:
+    problems = problems_of(
+        steps=[Step("a"), Step("b", kind="approval")],
+        transitions=[
+            Transition(["a"], on="ok", to="b"),  # type: ignore[arg-type]
+            Transition("a", on="ok", to=["b"]),  # type: ignore[arg-type]
+            Transition("b", on=["ok"], to="complete"),  # type: ignore[arg-type]
+        ],
+    )
+    assert sum("step name must be a non-empty string" in p for p in problems) == 2
+    assert any("`on` must be a non-empty string" in p for p in problems)
+    dependency = only_problem(steps=[Step("a"), Step("b", after=[["a"]])])  # type: ignore[list-item]
+    assert "`after` entry: step name must be a non-empty string" in dependency
+
+
+def test_an_enum_outcome_still_counts_for_an_approval() -> None:
+    # `on` is not stored, so unlike names it may be a str subclass.
+    class Outcome(enum.StrEnum):
+        OK = "ok"
+        ERROR = "error"
+
+    build(
+        steps=[Step("a", kind="approval"), Step("b")],
+        transitions=[
+            Transition("a", on=Outcome.OK, to="complete"),
+            Transition("a", on=Outcome.ERROR, to="b"),
+        ],
+    )
+
+
+@pytest.mark.parametrize("digits", [MAX_INT_DIGITS + 1, 4301])
+def test_an_int_default_too_big_to_store_is_a_problem(digits: int) -> None:
+    problem = only_problem(triggers=[Trigger("t", [Field("n", int, default=10 ** (digits - 1))])])
+    assert "field 'n': invalid default" in problem
+    assert f"more than {MAX_INT_DIGITS} digits" in problem
 
 
 # -- several problems together ------------------------------------------------
