@@ -23,7 +23,7 @@ from ._events import Listener, emit
 from ._ids import parse_id
 from ._sql import Q
 from ._types import Run, RunChanges
-from ._workflow import Workflow
+from ._workflow import MAX_NAME_LENGTH, Workflow
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 Executor = asyncpg.Pool | Conn
@@ -76,12 +76,13 @@ def field_params(changes: RunChanges) -> FieldParams:
 
 
 def check_step_name(name: str, value: object) -> str:
-    """A step name as stored: a str of 1 to 255 characters PostgreSQL can hold."""
+    """A step name as stored: the rule definitions apply to names (``MAX_NAME_LENGTH``)."""
     if type(value) is not str:
         raise InvalidRun(f"{name} must be a str, not {type(value).__name__}")
-    if not value or len(value) > 255 or _codec.text_problem(value):
+    if not value or len(value) > MAX_NAME_LENGTH or _codec.text_problem(value):
         raise InvalidRun(
-            f"{name} must be 1 to 255 characters with no NUL character or lone surrogate"
+            f"{name} must be 1 to {MAX_NAME_LENGTH} characters"
+            " with no NUL character or lone surrogate"
         )
     return value
 

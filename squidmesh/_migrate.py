@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -72,7 +72,9 @@ async def _migrate(conn: Conn) -> list[str]:
     applied_now: list[str] = []
     # Inside a caller's transaction only a savepoint can be opened, which
     # cannot choose its isolation level.
-    isolation = None if conn.is_in_transaction() else "read_committed"
+    isolation: Literal["read_committed"] | None = (
+        None if conn.is_in_transaction() else "read_committed"
+    )
     for version, sql in pending:
         try:
             async with conn.transaction(isolation=isolation):

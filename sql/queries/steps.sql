@@ -208,7 +208,9 @@ WITH locked AS (
     RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
 ), failed_step AS (
     UPDATE squidmesh.step_runs s SET
-        status = 'failed', last_error = d.error, updated_at = GREATEST(d.at, s.updated_at)
+        status = 'failed',
+        last_error = d.error,
+        updated_at = GREATEST(d.at, s.updated_at)
     FROM decision d, step
     WHERE s.id OPERATOR(pg_catalog.=) step.id
       AND d.branch OPERATOR(pg_catalog.=) ANY ('{terminal,cancel}'::pg_catalog.text[])
@@ -216,7 +218,9 @@ WITH locked AS (
     RETURNING s.id
 ), failed_attempt AS (
     UPDATE squidmesh.step_attempts a SET
-        status = 'failed', error = d.error, updated_at = GREATEST(d.at, a.updated_at)
+        status = 'failed',
+        error = d.error,
+        updated_at = GREATEST(d.at, a.updated_at)
     FROM decision d, attempt
     WHERE a.id OPERATOR(pg_catalog.=) attempt.id
       AND d.branch OPERATOR(pg_catalog.=) ANY ('{terminal,cancel}'::pg_catalog.text[])

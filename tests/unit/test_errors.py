@@ -16,6 +16,7 @@ from squidmesh import (
     InvalidTransition,
     InvalidTrigger,
     InvalidWorkflow,
+    MigrationError,
     RunNotFound,
     SquidMeshError,
     StepRunNotFound,
@@ -49,6 +50,12 @@ CASES: list[tuple[SquidMeshError, tuple[type, ...], dict[str, object], tuple[str
     ),
     (UnknownStatus("Running"), (ValueError,), {"value": "Running"}, ("'Running'", "pending")),
     (UnknownStatus(None), (ValueError,), {"value": None}, ("None",)),
+    (
+        MigrationError("0002_hardening", "role 'app' may not apply it: permission denied"),
+        (),
+        {"version": "0002_hardening", "reason": "role 'app' may not apply it: permission denied"},
+        ("0002_hardening", "permission denied"),
+    ),
     (
         InvalidWorkflow("billing.nope"),
         (),

@@ -144,3 +144,41 @@ def test_the_one_statement_state_changes_lock_first() -> None:
     body = MIGRATION.split("CREATE FUNCTION squidmesh.cancel_run", 1)[1]
     first_select = body.split("BEGIN", 1)[1].split(";", 1)[0]
     assert _takes_row_lock(first_select)
+
+
+# Written bare, these are SQL syntax, not names looked up through search_path
+# (or a keyword before a parenthesis).
+_SYNTAX_CALLS = frozenset(
+    {
+        "any", "and", "as", "coalesce", "conflict", "exists", "from", "greatest",
+        "in", "join", "least", "not", "on", "or", "returning", "select", "set",
+        "then", "values", "when", "where", "else", "with",
+    }
+)  # fmt: skip
+
+
+def _code_only(sql: str) -> str:
+    """The query without comments and string literals."""
+    return re.sub(r"'(?:[^']|'')*'", "''", _strip_comments(sql))
+
+
+@pytest.mark.parametrize("name", sorted(Q))
+def test_query_resolves_no_name_through_the_search_path(name: str) -> None:
+    """Functions, operators and types are schema-qualified (see sql/queries/runs.sql)."""
+    code = re.sub(r"OPERATOR\(pg_catalog\.[^)]+\)", " OP ", _code_only(Q[name]))
+    # Aliases with a column list ("AS e(workflow, kind)", "AS r (id, ...)").
+    code = re.sub(r"\bAS\s+\w+\s*\(", "AS alias (", code, flags=re.IGNORECASE)
+    calls = {
+        m.group(1).lower()
+        for m in re.finditer(r"(?<![.\w])([A-Za-z_]\w*)\s*\(", code)
+        if m.group(1).lower() not in _SYNTAX_CALLS and m.group(1) != "alias"
+    }
+    assert not calls, f"{name}: unqualified function calls {sorted(calls)}"
+    types = set(re.findall(r"::\s*(?!pg_catalog\.|squidmesh\.)(\w+)", code))
+    assert not types, f"{name}: unqualified types {sorted(types)}"
+    # Every operator is OPERATOR(pg_catalog.x); what is left of = is an
+    # assignment of an UPDATE (one per line, or right after SET).
+    rest = re.sub(r"(?m)^\s*\w+\s*=|\bSET\s+\w+\s*=", " ", code)
+    rest = re.sub(r"\w+\.\*|SELECT \*|::|\[\]|\$\d+", " ", rest)
+    operators = set(re.findall(r"[=<>!+\-*/|%^~@#&]+", rest))
+    assert not operators, f"{name}: unqualified operators {sorted(operators)}"
