@@ -18,9 +18,12 @@
 -- written bare. A unit test checks this, an integration test runs the API
 -- under a hostile search_path.
 --
--- Writes stamp updated_at with the clock at the write (clock_timestamp()),
--- not the transaction start (now()) taken before any lock wait, and never
--- earlier than the stored value: updated_at follows version.
+-- updated_at of a run is stamped by the trigger runs_stamp_updated_at
+-- (sql/0002_hardening.sql), not here: a BEFORE UPDATE trigger runs once the
+-- row lock is held, so the stamp is the clock at the write, after any wait,
+-- and never earlier than the stored value: updated_at follows version. An
+-- expression in the UPDATE would be evaluated before the wait. New rows get
+-- one clock reading for inserted_at and updated_at.
 
 -- name: insert_run
 -- One round trip; inserted_at and updated_at are one reading of the clock.
@@ -107,8 +110,7 @@ WITH locked AS (
         current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
         last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb
                           ELSE r.last_error END,
-        version = r.version OPERATOR(pg_catalog.+) 1,
-        updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+        version = r.version OPERATOR(pg_catalog.+) 1
     FROM locked
     WHERE r.id OPERATOR(pg_catalog.=) locked.id
       AND locked.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
@@ -127,8 +129,7 @@ UPDATE squidmesh.runs r SET
     context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
     last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
-    version = r.version OPERATOR(pg_catalog.+) 1,
-    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+    version = r.version OPERATOR(pg_catalog.+) 1
 WHERE r.id OPERATOR(pg_catalog.=) $1 AND r.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
 RETURNING old.status, squidmesh.run_json(r)::pg_catalog.text;
 
@@ -138,8 +139,7 @@ UPDATE squidmesh.runs r SET
     context = CASE WHEN $2 THEN $3::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $4 THEN $5 ELSE r.current_step END,
     last_error = CASE WHEN $6 THEN $7::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
-    version = r.version OPERATOR(pg_catalog.+) 1,
-    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+    version = r.version OPERATOR(pg_catalog.+) 1
 WHERE r.id OPERATOR(pg_catalog.=) $1
 RETURNING squidmesh.run_json(r)::pg_catalog.text;
 
@@ -158,8 +158,7 @@ UPDATE squidmesh.runs r SET
     status = CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN 'cancelled'
                   ELSE 'cancelling' END,
     current_step = NULL,
-    version = r.version OPERATOR(pg_catalog.+) 1,
-    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+    version = r.version OPERATOR(pg_catalog.+) 1
 WHERE r.id OPERATOR(pg_catalog.=) $1
   AND r.status OPERATOR(pg_catalog.=) ANY ('{pending,running,retrying}'::pg_catalog.text[])
 RETURNING old.status, squidmesh.run_json(r)::pg_catalog.text;
@@ -172,7 +171,6 @@ UPDATE squidmesh.runs r SET
     context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
     last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
-    version = r.version OPERATOR(pg_catalog.+) 1,
-    updated_at = GREATEST(pg_catalog.clock_timestamp(), r.updated_at)
+    version = r.version OPERATOR(pg_catalog.+) 1
 WHERE r.id OPERATOR(pg_catalog.=) $1
 RETURNING squidmesh.run_json(r)::pg_catalog.text;

@@ -12,8 +12,9 @@
 -- through the foreign key, so it waits behind a transaction that holds the
 -- run FOR UPDATE (cancel_run, pause_run).
 --
--- Every name is schema-qualified and every write stamps the clock at the
--- write, never earlier than the stored value: see the header of runs.sql.
+-- Every name is schema-qualified: see the header of runs.sql. Step runs and
+-- attempts are stamped with the clock at the write, never earlier than the
+-- stored value (the run row is stamped by its trigger, see runs.sql).
 
 -- name: begin_step
 -- One round trip. $1 new id, $2 run id, $3 step, $4 input, $5/$6 the
@@ -200,8 +201,7 @@ WITH locked AS (
         last_error = CASE WHEN d.branch OPERATOR(pg_catalog.=) 'cancel' THEN NULL
                           WHEN $9 THEN $10::pg_catalog.text::pg_catalog.jsonb
                           ELSE r.last_error END,
-        version = r.version OPERATOR(pg_catalog.+) 1,
-        updated_at = GREATEST(d.at, r.updated_at)
+        version = r.version OPERATOR(pg_catalog.+) 1
     FROM decision d
     WHERE r.id OPERATOR(pg_catalog.=) d.id
       AND d.branch OPERATOR(pg_catalog.=) ANY ('{cancel,pause}'::pg_catalog.text[])
