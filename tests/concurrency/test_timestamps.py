@@ -8,6 +8,7 @@ followed, and a duration measured to it could be negative.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import asyncpg
@@ -36,7 +37,7 @@ async def test_updated_at_never_decreases_as_version_grows(store: RunStore) -> N
     assert [r.version for r in by_version] == list(range(1, len(seen) + 1))
     went_back = [
         (a.version, b.version, (a.updated_at - b.updated_at).total_seconds())
-        for a, b in zip(by_version, by_version[1:], strict=False)
+        for a, b in itertools.pairwise(by_version)
         if b.updated_at < a.updated_at
     ]
     assert not went_back
