@@ -1,4 +1,4 @@
-"""Command line: ``python -m squidmesh migrate --dsn ...`` and ``python -m squidmesh demo``."""
+"""Command line: python -m squidmesh migrate --dsn URL, and python -m squidmesh demo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ async def _migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
+def asyncpg_errors() -> type[Exception]:
+    import asyncpg
+
+    return asyncpg.PostgresError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m squidmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         if not args.dsn:
             parser.error("migrate needs --dsn or SQUIDMESH_DSN")
-        applied = asyncio.run(_migrate(args.dsn))
+        from ._errors import SquidMeshError
+
+        try:
+            applied = asyncio.run(_migrate(args.dsn))
+        except (SquidMeshError, OSError, asyncpg_errors()) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print("applied: " + ", ".join(applied) if applied else "schema is up to date")
         return 0
     from ._demo import run_demo

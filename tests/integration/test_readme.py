@@ -59,3 +59,34 @@ def test_demo_tour_runs(dsn: str) -> None:
     ):
         assert expected in result.stdout
     assert "\033[" not in result.stdout  # not a terminal: no styling
+
+
+async def test_readme_sql_for_migrations_applied_by_hand(pg_admin_dsn: str) -> None:
+    """Apply the files by hand as the README says, record them with its SQL,
+    and squidmesh.migrate() then finds nothing to do."""
+    import uuid
+
+    import asyncpg
+
+    import squidmesh
+    from squidmesh._sql import migrations
+    from squidmesh.testing import create_database, drop_database
+
+    text = README.read_text(encoding="utf-8").split("## Schema and migrations", 1)[1]
+    match = re.search(r"```sql\n(.*?)```", text, re.DOTALL)
+    assert match, "README's migrations section has no sql block"
+    name = f"r_{uuid.uuid4().hex}"
+    dsn = await create_database(pg_admin_dsn, name)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _, sql in migrations():
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+                    await conn.execute(sql)
+            await conn.execute(match.group(1))
+            assert await squidmesh.migrate(conn) == []
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(pg_admin_dsn, name)
