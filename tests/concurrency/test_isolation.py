@@ -12,12 +12,8 @@ the committed state, exactly as at READ COMMITTED.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,10 +22,10 @@ import pytest
 from squidmesh import Run, RunStatus, RunStore
 from squidmesh.testing import create_database, drop_database
 from tests.concurrency.test_row_locks import wait_until_blocked
+from tests.integration.test_migrate import _cli
 from tests.integration.workflows import INVOICE_REMINDER, WORKFLOWS
 
 TIMEOUT_S = 30
-REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = {"account_id": "acct_1"}
 
 # (where the default is set, the level)
@@ -241,22 +237,9 @@ async def strict_empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
         await drop_database(pg_admin_dsn, name)
 
 
-def _cli_migrate(dsn: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "squidmesh", "migrate", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
-
-
 async def test_migrate_from_four_processes_under_repeatable_read(strict_empty_dsn: str) -> None:
     results = await asyncio.gather(
-        *(asyncio.to_thread(_cli_migrate, strict_empty_dsn) for _ in range(4))
+        *(asyncio.to_thread(_cli, "migrate", "--dsn", strict_empty_dsn) for _ in range(4))
     )
     for result in results:
         assert result.returncode == 0, result.stderr
