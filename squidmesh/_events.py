@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -154,3 +154,17 @@ async def _deliver(listener: Listener, event: object, task: asyncio.Task[Any] | 
 
 def _log_failure(listener: Listener, event: object) -> None:
     logger.exception("squidmesh listener %r failed on %s", listener, type(event).__name__)
+
+
+class EventBus:
+    """A store's listeners; ``emit`` delivers events to them after commit."""
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners = list(listeners)
+
+    async def emit(self, events: Sequence[object]) -> None:
+        """Deliver ``events`` (see ``emit``); free when there is nothing to deliver."""
+        if self._listeners and events:
+            await emit(self._listeners, events)

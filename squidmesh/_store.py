@@ -1,28 +1,45 @@
-"""``RunStore``: durable workflow runs in PostgreSQL."""
+"""``RunStore``: the facade users hold. It owns the parts and holds no SQL.
+
+The parts (one module each): the workflow registry (``_registry``), the event
+bus (``_events``), and the operations grouped by concern: runs (``_runs``),
+steps (``_steps``), the history read (``_history``) and transactional
+progression (``_progress``), all of which reach PostgreSQL only through the
+query layer (``_queries``). An operation returns what it wrote and the events
+to report; the facade reports them after commit.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 import asyncpg
 from msgspec import UNSET, UnsetType
 
-from . import _codec, state_machine
-from ._base import StoreBase, fetch_write, field_params
-from ._errors import InvalidTransition, InvalidWorkflow, RunNotFound, map_db_errors
-from ._events import Listener, RunCreated, RunReplayed, RunTransitioned, StepFailed
-from ._ids import uuid7
-from ._payload import build_payload
+from . import state_machine
+from ._errors import RunNotFound
+from ._events import EventBus, Listener, RunCreated, RunReplayed
+from ._history import HistoryOps
 from ._progress import ProgressOps
-from ._sql import Q
-from ._steps import CANCELLED_WHILE_PAUSED, StepOps
-from ._steps import CANCELLED_WHILE_PAUSED_TEXT as _CANCELLED_WHILE_PAUSED_TEXT
-from ._types import JSONMap, Run, RunChanges, RunStatus
+from ._queries import SQL, ServerFeatures
+from ._registry import Registry
+from ._runs import RunOps
+from ._steps import StepOps
+from ._types import (
+    JSONMap,
+    PauseResult,
+    Run,
+    RunAuditEvent,
+    RunChanges,
+    RunStatus,
+    StepAttempt,
+    StepRun,
+)
+from ._values import encode_json_map, field_writes, run_uuid
 from ._workflow import Workflow
-
-_MAX_LIMIT = 2**63 - 1
+from .progress import ChangesFn, DispatchFn, Operation
 
 
 async def no_reset(conn: asyncpg.Connection) -> None:
@@ -35,7 +52,7 @@ async def no_reset(conn: asyncpg.Connection) -> None:
     """
 
 
-class RunStore(ProgressOps, StepOps, StoreBase):
+class RunStore:
     """Durable workflow runs in PostgreSQL.
 
     ``RunStore(pool, workflows=[...], listeners=[...])`` works on any
@@ -48,6 +65,10 @@ class RunStore(ProgressOps, StepOps, StoreBase):
     Every state change locks the run's row inside its transaction, and the
     decision is taken on the state read under that lock. Events reach the
     listeners only after commit; a raising listener is logged and ignored.
+
+    The store has a lifecycle: ``await store.aclose()``, or ``async with
+    RunStore(pool, ...) as store:``, stops what it started. It does not close
+    a pool it was given (``RunStore.connect`` closes the one it opened).
     """
 
     def __init__(
@@ -57,7 +78,15 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         workflows: Iterable[Workflow] = (),
         listeners: Iterable[Listener] = (),
     ) -> None:
-        super().__init__(pool, workflows=workflows, listeners=listeners)
+        self._pool = pool
+        self._registry = Registry(workflows)
+        self._bus = EventBus(listeners)
+        self._server = ServerFeatures()
+        self._runs = RunOps(pool, self._registry, self._server)
+        self._steps = StepOps(pool, self._registry)
+        self._history = HistoryOps(pool, self._registry)
+        self._progress = ProgressOps(pool, self._runs)
+        self._closed = False
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -72,7 +101,7 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         max_size: int = 16,
         **pool_options: Any,
     ) -> AsyncIterator[RunStore]:
-        """Open a pool of its own and yield a store on it; close the pool on exit.
+        """Open a pool of its own and yield a store on it; close both on exit.
 
         The pool skips asyncpg's per-release reset query (see ``no_reset``).
 
@@ -89,11 +118,49 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         try:
             if migrate:
                 await apply_migrations(pool)
-            yield cls(pool, workflows=workflows, listeners=listeners)
+            async with cls(pool, workflows=workflows, listeners=listeners) as store:
+                yield store
         finally:
             await pool.close()
 
-    # -- creation -----------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop what the store started. Idempotent; the pool stays open.
+
+        Nothing runs in the background yet; waiting for runs and the change
+        feed will start their listener here, and this stops it.
+        """
+        self._closed = True
+
+    async def __aenter__(self) -> RunStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- registry -----------------------------------------------------------
+
+    def register(self, workflow: Workflow) -> None:
+        """Add (or replace) a workflow definition, keyed by its name."""
+        self._registry.register(workflow)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool the store runs its statements on."""
+        return self._pool
+
+    @property
+    def workflows(self) -> Mapping[str, Workflow]:
+        """The registered workflow definitions by name (a copy)."""
+        return dict(self._registry.workflows)
+
+    # -- creation -------------------------------------------------------
 
     async def create_run(
         self, workflow: Workflow | str, payload: object, *, trigger: str | None = None
@@ -112,25 +179,9 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             InvalidPayload: the payload is not a map or does not match the trigger.
             InvalidRun: the payload is larger than squidmesh stores (64 MiB encoded).
         """
-        run = await self._insert_run(self._pool, workflow, payload, trigger)
-        await self._emit((RunCreated(run=run),))
+        run = await self._runs.insert(self._pool, workflow, payload, trigger)
+        await self._bus.emit((RunCreated(run=run),))
         return run
-
-    async def _insert_run(
-        self,
-        conn: asyncpg.Pool | Any,
-        workflow: Workflow | str,
-        payload: object,
-        trigger: str | None,
-    ) -> Run:
-        wf = self._workflow(workflow)
-        trig = wf.trigger(trigger)
-        text = _codec.encode(build_payload(trig, payload))
-        with map_db_errors():
-            row_text = await fetch_write(
-                conn, Q["insert_run"], uuid7(), wf.name, trig.name, text, wf.entry_step, None
-            )
-        return _codec.decode_run(row_text)
 
     async def replay_run(self, run_id: object) -> Run:
         """Create a new pending run with the source's workflow, trigger and payload.
@@ -143,27 +194,57 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             RunNotFound: no run has that id.
             InvalidWorkflow: the source's workflow is not registered.
         """
-        run = await self._insert_replay(self._pool, run_id)
-        await self._emit((RunReplayed(run=run),))
+        run = await self._runs.replay(self._pool, run_id)
+        await self._bus.emit((RunReplayed(run=run),))
         return run
 
-    async def _insert_replay(self, conn: asyncpg.Pool | Any, run_id: object) -> Run:
-        uid = self._run_id(run_id)
-        names, entry_steps = self._entry_steps()
-        try:
-            row = await fetch_write(
-                conn, Q["insert_replay"], uuid7(), uid, names, entry_steps, row=True
-            )
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise RunNotFound(run_id) from exc  # the source was deleted meanwhile
-        if row is None:
-            raise RunNotFound(run_id)
-        workflow, text = row
-        if text is None:
-            raise InvalidWorkflow(workflow)
-        return _codec.decode_run(text)
+    async def create_and_dispatch_run(
+        self,
+        workflow: Workflow | str,
+        payload: object,
+        dispatch: DispatchFn,
+        *,
+        trigger: str | None = None,
+    ) -> Run:
+        """Create a pending run and call ``dispatch(conn, run)`` in the same transaction.
 
-    # -- reads --------------------------------------------------------------
+        Validation is that of ``create_run``. If the dispatch raises, the
+        transaction rolls back (no run exists, nothing the dispatch wrote
+        remains, no event) and its exception propagates unchanged. After
+        commit, ``RunCreated`` is reported, then the events of a returned
+        ``DispatchEvents``. Round trips: BEGIN, INSERT, a transaction check,
+        COMMIT (4), plus the dispatch's statements. The dispatch runs inside
+        the transaction: keep it short, never commit or change session state
+        (rules in ``squidmesh.progress``).
+
+        Raises:
+            InvalidWorkflow: the workflow is not registered.
+            InvalidTrigger: the workflow declares no such trigger.
+            InvalidPayload: the payload is not a map or does not match the trigger.
+        """
+        run, events = await self._progress.create_and_dispatch(workflow, payload, dispatch, trigger)
+        await self._bus.emit(events)
+        return run
+
+    async def replay_and_dispatch_run(self, run_id: object, dispatch: DispatchFn) -> Run:
+        """Replay a run (see ``replay_run``) and call ``dispatch(conn, new_run)`` in
+        the same transaction.
+
+        A raising dispatch rolls everything back (no replay exists) and its
+        exception propagates unchanged. After commit, ``RunReplayed`` is
+        reported, then the dispatch's events. Round trips: BEGIN, the
+        INSERT ... SELECT, a transaction check, COMMIT (4), plus the
+        dispatch's statements.
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidWorkflow: the source's workflow is not registered.
+        """
+        run, events = await self._progress.replay_and_dispatch(run_id, dispatch)
+        await self._bus.emit(events)
+        return run
+
+    # -- reads ----------------------------------------------------------
 
     async def get_run(self, run_id: object, *, include_history: bool = False) -> Run:
         """Fetch one run; with ``include_history``, with its step runs,
@@ -174,16 +255,12 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         Raises:
             RunNotFound: no run has that id.
         """
-        uid = self._run_id(run_id)
         if include_history:
-            run = await self._fetch_with_history(uid)
+            run = await self._history.read(run_uuid(run_id))
             if run is None:
                 raise RunNotFound(run_id)
             return run
-        text = await self._pool.fetchval(Q["get_run"], uid)
-        if text is None:
-            raise RunNotFound(run_id)
-        return _codec.decode_run(text)
+        return await self._runs.get(run_id)
 
     async def list_runs(
         self,
@@ -203,25 +280,9 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         Raises:
             UnknownStatus: ``status`` is not one of the eight states.
         """
-        # An int past PostgreSQL's bigint cannot be a LIMIT, and no table holds
-        # that many rows: it means "no limit" like any other non-positive value.
-        lim = limit if type(limit) is int and 0 < limit <= _MAX_LIMIT else None
-        name: object = workflow.name if isinstance(workflow, Workflow) else workflow
-        if name is not None and (not isinstance(name, str) or _codec.text_problem(name)):
-            return []  # no run can have such a workflow name: inserting it is refused
-        st = None if status is None else state_machine.coerce_status(status).value
-        if name is None and st is None:
-            rows = await self._pool.fetch(Q["list_runs"], lim)
-        elif st is None:
-            rows = await self._pool.fetch(Q["list_runs_by_workflow"], lim, name)
-        elif name is None:
-            rows = await self._pool.fetch(Q["list_runs_by_status"], lim, st)
-        else:
-            rows = await self._pool.fetch(Q["list_runs_by_workflow_status"], lim, name, st)
-        decode = _codec.decode_run
-        return [decode(row[0]) for row in rows]
+        return await self._runs.find(workflow, status, limit)
 
-    # -- state changes ------------------------------------------------------
+    # -- state changes --------------------------------------------------
 
     async def transition_run(
         self,
@@ -247,31 +308,11 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             UnknownStatus: ``to_status`` is not a state.
         """
         to = state_machine.coerce_status(to_status)
-        uid = self._run_id(run_id)
-        params = field_params(
+        writes = field_writes(
             RunChanges(context=context, current_step=current_step, last_error=last_error)
         )
-        sources = state_machine.sources_of(to)
-        async with self._pool.acquire() as conn:
-            row = None
-            with map_db_errors():
-                if self._returning_old(conn):
-                    row = await fetch_write(
-                        conn, Q["transition_run_fast"], uid, to.value, *params, sources, row=True
-                    )
-                if row is None:
-                    row = await fetch_write(
-                        conn, Q["transition_run"], uid, to.value, *params, sources, row=True
-                    )
-        if row is None:
-            raise RunNotFound(run_id)
-        from_status, text = row
-        if text is None:
-            raise InvalidTransition(from_status, to)
-        run = _codec.decode_run(text)
-        await self._emit(
-            (RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=to),)
-        )
+        run, event = await self._runs.transition(run_id, to, writes)
+        await self._bus.emit((event,))
         return run
 
     async def update_run(
@@ -290,15 +331,10 @@ class RunStore(ProgressOps, StepOps, StoreBase):
         Raises:
             RunNotFound: no run has that id.
         """
-        uid = self._run_id(run_id)
-        params = field_params(
+        writes = field_writes(
             RunChanges(context=context, current_step=current_step, last_error=last_error)
         )
-        with map_db_errors():
-            text = await fetch_write(self._pool, Q["update_run"], uid, *params)
-        if text is None:
-            raise RunNotFound(run_id)
-        return _codec.decode_run(text)
+        return await self._runs.update(run_id, writes)
 
     async def cancel_run(self, run_id: object) -> Run:
         """Cancel a run, deciding on the state read under the row lock.
@@ -319,38 +355,359 @@ class RunStore(ProgressOps, StepOps, StoreBase):
             InvalidTransition: the run is failed, completed or cancelled
                 (reported as a move to ``cancelling``).
         """
-        uid = self._run_id(run_id)
-        failed_step = attempt_number = duration_s = None
-        async with self._pool.acquire() as conn:
-            row = None
-            if self._returning_old(conn):
-                row = await fetch_write(conn, Q["cancel_run_fast"], uid, row=True)
-            if row is None:
-                row = await fetch_write(
-                    conn, Q["cancel_run"], uid, _CANCELLED_WHILE_PAUSED_TEXT, row=True
-                )
-                if row is None:
-                    raise RunNotFound(run_id)
-                failed_step, attempt_number, duration_s = row[2:]
-        from_status, text = row[0], row[1]
-        if text is None:
-            raise InvalidTransition(from_status, RunStatus.CANCELLING)
-        run = _codec.decode_run(text)
-        events: list[object] = [
-            RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=run.status)
-        ]
-        if failed_step is not None:
-            events.append(
-                StepFailed(
-                    run=run,
-                    step=failed_step,
-                    attempt_number=attempt_number,
-                    duration_s=duration_s,
-                    error=dict(CANCELLED_WHILE_PAUSED),
-                )
-            )
-        await self._emit(events)
+        run, events = await self._runs.cancel(run_id)
+        await self._bus.emit(events)
         return run
+
+    # -- changes with caller code under the lock ------------------------
+
+    async def transition_and_dispatch_run(
+        self,
+        run_id: object,
+        to_status: RunStatus | str,
+        changes: RunChanges | Mapping[str, Any] | None,
+        dispatch: DispatchFn,
+    ) -> Run:
+        """Move a run to ``to_status`` with ``changes``, then call ``dispatch(conn, run)``
+        in the same transaction.
+
+        Locks the run row; the move is validated on the state read under the
+        lock. A raising dispatch rolls back the move and everything it wrote,
+        and its exception propagates unchanged. After commit,
+        ``RunTransitioned`` is reported, then the dispatch's events. A
+        terminal run raises ``InvalidTransition`` like ``transition_run``,
+        and the dispatch is not called. Round trips: BEGIN, locking read,
+        write, a transaction check, COMMIT (5), plus the dispatch's statements.
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidTransition: the state machine forbids the move.
+            UnknownStatus: ``to_status`` is not a state.
+            InvalidRun: a change cannot be stored (nothing is written).
+        """
+        run, events = await self._progress.transition_and_dispatch(
+            run_id, to_status, changes, dispatch
+        )
+        await self._bus.emit(events)
+        return run
+
+    async def update_and_dispatch_run(
+        self,
+        run_id: object,
+        changes_or_fn: RunChanges | Mapping[str, Any] | ChangesFn | None,
+        dispatch: DispatchFn,
+    ) -> Run:
+        """Write fields, then call ``dispatch(conn, run)`` in the same transaction.
+
+        ``changes_or_fn`` is the changes, or a function computing them from
+        the run as read under the lock. Status is untouched, whatever it is
+        (like ``update_run``, a terminal run is written too). A raising
+        dispatch rolls everything back and its exception propagates
+        unchanged. No run event is reported (``update_run`` reports none);
+        the dispatch's events are, after commit. Round trips: BEGIN, locking
+        read, write (skipped when there is nothing to write), a transaction
+        check, COMMIT (5), plus the dispatch's statements.
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidRun: a change cannot be stored (nothing is written).
+        """
+        run, events = await self._progress.update_and_dispatch(run_id, changes_or_fn, dispatch)
+        await self._bus.emit(events)
+        return run
+
+    async def update_run_with(self, run_id: object, changes_fn: ChangesFn) -> Run:
+        """Write the fields ``changes_fn(run)`` computes from the run read under the lock.
+
+        The read-modify-write is atomic: concurrent callers queue on the row
+        lock, so each sees the previous one's result (a counter incremented
+        this way never loses an increment). Status is untouched; no event.
+        Round trips: BEGIN, locking read, write (skipped when the function
+        returns no changes), COMMIT (4).
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidRun: a change cannot be stored (nothing is written).
+        """
+        return await self._progress.update_with(run_id, changes_fn)
+
+    async def transition_run_with(
+        self, run_id: object, to_status: RunStatus | str, changes_fn: ChangesFn
+    ) -> Run:
+        """Move a run to ``to_status`` with the fields ``changes_fn(run)`` computes.
+
+        Locks the run row and validates the move on the state read under the
+        lock *before* calling ``changes_fn``, so it is never called for an
+        illegal move. ``RunTransitioned`` is reported after commit. Round
+        trips: BEGIN, locking read, write, COMMIT (4).
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidTransition: the state machine forbids the move.
+            UnknownStatus: ``to_status`` is not a state.
+            InvalidRun: a change cannot be stored (nothing is written).
+        """
+        run, events = await self._progress.transition_with(run_id, to_status, changes_fn)
+        await self._bus.emit(events)
+        return run
+
+    async def progress_run(
+        self, run_id: object, changes_fn: ChangesFn, operation: Operation
+    ) -> Run | None:
+        """Advance a run in one transaction: the runtime's "do the next thing" call.
+
+        Locks the run row, then decides on the state read under the lock:
+
+        1. terminal (failed, completed, cancelled): nothing is called or
+           written; returns None.
+        2. cancelling: the operation is ignored and nothing is dispatched;
+           the run moves to cancelled keeping only the context
+           ``changes_fn(run)`` computes (current_step and last_error are
+           cleared; an UNSET context is kept as is); ``RunTransitioned``.
+        3. otherwise the operation (``squidmesh.progress``) is applied with
+           the fields ``changes_fn(run)`` computes:
+
+           - ``Update()``: write the fields.
+           - ``Transition(S)``: validated move to S with the fields.
+           - ``Dispatch(d)``: write the fields, then ``d(conn, run)``; if it
+             raises, everything rolls back and the exception propagates.
+           - ``DispatchOrFail(d, f)``: the same, but ``d`` runs inside a
+             savepoint; if it raises, what it wrote is undone (even if its
+             SQL error aborted the transaction), the field writes stay, and
+             the run moves to failed with the fields ``f(run, exc)`` returns,
+             ``run`` being the run after the field writes. The move to
+             failed is validated (``InvalidTransition``, everything rolled
+             back, when it is illegal).
+           - ``TransitionOrDispatch(S, d)``: already in S: as ``Dispatch``;
+             otherwise a validated move to S with the fields, then ``d``.
+           - ``TransitionOrDispatchOrFail(S, d, f)``: the same, with the fail
+             branch of ``DispatchOrFail`` (``f`` sees the run after the move).
+
+        For a move, legality is checked before ``changes_fn`` is called. After
+        commit, events are reported in order: each ``RunTransitioned`` (the
+        move to S, then the move to failed on the fail branch), then the
+        events of a ``DispatchEvents`` the dispatch returned (dropped when
+        the dispatch failed). The callables run under the row lock inside the
+        transaction: keep them short, never commit or change session state
+        (rules in ``squidmesh.progress``).
+
+        Round trips: BEGIN, locking read, COMMIT, plus: one write (skipped for
+        ``Update``/``Dispatch`` with no changes; none for a terminal run);
+        after a plain dispatch, a transaction check; for the ``...OrFail``
+        operations, SAVEPOINT and RELEASE around the dispatch instead, and on
+        failure ROLLBACK TO SAVEPOINT and the write to failed.
+
+        Returns:
+            The run as committed, or None when the run was already terminal.
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidTransition: the requested move (or the move to failed) is illegal.
+            UnknownStatus: the operation names a status that is not a state.
+            InvalidRun: a change cannot be stored (nothing is written).
+            TypeError: ``operation`` is not one of ``squidmesh.progress``'s.
+        """
+        run, events = await self._progress.progress(run_id, changes_fn, operation)
+        await self._bus.emit(events)
+        return run
+
+    # -- step history ---------------------------------------------------
+
+    async def begin_step(self, run_id: object, step: str, input: JSONMap | None = None) -> StepRun:
+        """Start step ``step`` of a run: its step run, running.
+
+        Idempotent per (run, step): when the step run exists, it is returned
+        as stored (a scheduled, pending one is started with ``input``), also
+        when two callers race. One round trip (INSERT ... ON CONFLICT DO
+        UPDATE, which locks the step run row). The kind (``pause``,
+        ``approval`` or ``step``) is taken from the registered definition of
+        the run's workflow, ``step`` when it is not registered.
+
+        Args:
+            run_id: the run.
+            step: the step name (1 to 255 characters).
+            input: the step's input map (None means ``{}``).
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidRun: ``step`` or ``input`` cannot be stored (nothing written).
+        """
+        return await self._steps.insert_step(SQL.begin_step, run_id, step, input)
+
+    async def schedule_step(
+        self, run_id: object, step: str, input: JSONMap | None = None
+    ) -> StepRun:
+        """Record step ``step`` of a run as scheduled: its step run, pending.
+
+        Idempotent per (run, step): an existing step run is returned
+        unchanged. One round trip; ``begin_step`` later starts it.
+
+        Raises:
+            RunNotFound: no run has that id.
+            InvalidRun: ``step`` or ``input`` cannot be stored (nothing written).
+        """
+        return await self._steps.insert_step(SQL.schedule_step, run_id, step, input)
+
+    async def complete_step(self, step_run_id: object, output: JSONMap | None = None) -> StepRun:
+        """Mark a step run completed with its output.
+
+        One round trip (the UPDATE locks the step run row).
+
+        Args:
+            step_run_id: the step run.
+            output: the output map; None keeps the stored output.
+
+        Returns:
+            The updated step run, with its attempts.
+
+        Raises:
+            StepRunNotFound: no step run has that id.
+            InvalidRun: ``output`` cannot be stored (nothing written).
+        """
+        return await self._steps.complete_step(step_run_id, output)
+
+    async def fail_step(self, step_run_id: object, error: JSONMap) -> StepRun:
+        """Mark a step run failed with ``error`` as its last_error.
+
+        One round trip (the UPDATE locks the step run row).
+
+        Returns:
+            The updated step run, with its attempts.
+
+        Raises:
+            StepRunNotFound: no step run has that id.
+            InvalidRun: ``error`` cannot be stored (nothing written).
+        """
+        return await self._steps.fail_step(step_run_id, error)
+
+    async def complete_manual_step(
+        self,
+        step_run_id: object,
+        output: JSONMap | None,
+        event: RunAuditEvent | Mapping[str, Any],
+    ) -> StepRun:
+        """Complete a manual (pause or approval) step run, recording the human decision.
+
+        One round trip (the UPDATE locks the step run row). The decision
+        appears in the run's history as an audit event after the step's
+        ``paused`` event.
+
+        Args:
+            step_run_id: the step run.
+            output: the output map; None keeps the stored output.
+            event: a ``RunAuditEvent`` or a dict with ``type`` (resumed,
+                approved or rejected) and optionally ``actor``, ``comment``
+                (str), ``metadata`` (map) and ``at`` (an aware datetime;
+                the server clock when absent). Its ``step``, if any, is ignored.
+
+        Returns:
+            The updated step run, with its attempts.
+
+        Raises:
+            StepRunNotFound: no step run has that id.
+            InvalidRun: the output or the event cannot be stored (nothing written).
+        """
+        return await self._steps.complete_manual_step(step_run_id, output, event)
+
+    async def record_resume(self, step_run_id: object, resume: JSONMap) -> StepRun:
+        """Store what a paused step resumes to; the step run's status is unchanged.
+
+        One round trip (the UPDATE locks the step run row).
+
+        Returns:
+            The updated step run.
+
+        Raises:
+            StepRunNotFound: no step run has that id.
+            InvalidRun: ``resume`` cannot be stored (nothing written).
+        """
+        return await self._steps.record_resume(step_run_id, resume)
+
+    async def begin_attempt(self, step_run_id: object) -> StepAttempt:
+        """Start the next attempt of a step run (number 1, 2, ...), running.
+
+        Numbers are unique and gap-free under concurrent callers: the step
+        run row is locked, then max + 1 is inserted. Uncontended, one round
+        trip (one statement). When a competitor committed after that
+        statement's snapshot, the unique constraint refuses the stale number
+        and the call retries once in a transaction that reads the max after
+        taking the lock: BEGIN, lock, insert, COMMIT (four more round trips).
+
+        Raises:
+            StepRunNotFound: no step run has that id.
+        """
+        return await self._steps.begin_attempt(step_run_id)
+
+    async def complete_attempt(self, attempt_id: object) -> StepAttempt:
+        """Mark an attempt completed. One round trip (the UPDATE locks the attempt row).
+
+        Returns:
+            The updated attempt.
+
+        Raises:
+            AttemptNotFound: no attempt has that id.
+        """
+        return await self._steps.finish_attempt(attempt_id, "completed", None)
+
+    async def fail_attempt(self, attempt_id: object, error: JSONMap) -> StepAttempt:
+        """Mark an attempt failed with ``error``. One round trip (the UPDATE locks the row).
+
+        Returns:
+            The updated attempt.
+
+        Raises:
+            AttemptNotFound: no attempt has that id.
+            InvalidRun: ``error`` cannot be stored (nothing written).
+        """
+        error_text = encode_json_map("attempt error", error)
+        return await self._steps.finish_attempt(attempt_id, "failed", error_text)
+
+    async def pause_run(
+        self,
+        run_id: object,
+        step_run_id: object,
+        attempt_id: object | None,
+        changes: RunChanges | Mapping[str, Any] | None = None,
+    ) -> PauseResult:
+        """Pause a run at a manual step, deciding on the state read under the lock.
+
+        1. failed, completed or cancelled: the run is left as it is; the step
+           run and attempt are failed if still running, with
+           ``{"message": "run already finalized before pause progression",
+           "status": <status>}`` (the cancellation error for a cancelled
+           run); ``terminal_noop`` is True and ``finalized_step`` says whether
+           anything was failed;
+        2. cancelling: the step run and attempt are failed (if running) with
+           ``{"message": "run cancelled while paused", "reason":
+           "cancelled"}`` and the run moves to cancelled, keeping only the
+           given context (current_step and last_error cleared, as
+           ``progress_run`` does for a cancelling run);
+        3. otherwise a validated move to paused with the given fields; the
+           step run and attempt stay running until the step resumes.
+        ``RunTransitioned`` is reported for branches 2 and 3, then
+        ``StepFailed`` when a step was failed (branches 1 and 2).
+
+        One round trip: a single statement locks the run, then the step run,
+        then the attempt, and writes.
+
+        Args:
+            run_id: the run.
+            step_run_id: the paused step's step run (it must belong to the run).
+            attempt_id: its current attempt (it must belong to the step run), or None.
+            changes: a ``RunChanges`` or a dict of its fields; None for none.
+
+        Raises:
+            RunNotFound: no run has that id.
+            StepRunNotFound: no step run of this run has that id.
+            AttemptNotFound: no attempt of that step run has that id.
+            InvalidTransition: the run cannot move to paused (e.g. it is pending).
+            InvalidRun: a field value cannot be stored (nothing written).
+        """
+        result, events = await self._steps.pause(run_id, step_run_id, attempt_id, changes)
+        await self._bus.emit(events)
+        return result
+
+    # -- helpers --------------------------------------------------------
 
     @staticmethod
     def schedule_next_step(run_or_status: Run | RunStatus | str) -> bool:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from squidmesh import InvalidPayload, InvalidRun, Run, RunChanges, RunStore, _codec
-from squidmesh._base import coerce_changes
+from squidmesh._values import coerce_changes
 from tests.integration.workflows import INVOICE_REMINDER
 
 
@@ -244,30 +244,29 @@ async def test_values_that_look_dangerous_are_stored_verbatim(store: RunStore, r
 async def test_a_database_check_violation_becomes_invalid_run(pool: asyncpg.Pool, run: Run) -> None:
     # The store refuses bad values before sending them, so drive the mapping
     # boundary directly with statements the database rejects.
-    from squidmesh._errors import map_db_errors
+    from squidmesh import _queries
 
     with pytest.raises(InvalidRun) as info:
-        with map_db_errors():
-            await pool.execute("UPDATE squidmesh.runs SET status = 'bogus' WHERE id = $1", run.id)
+        await _queries.write_value(
+            pool, "UPDATE squidmesh.runs SET status = 'bogus' WHERE id = $1", run.id
+        )
     assert "runs_status_check" in info.value.reason
     assert isinstance(info.value.__cause__, asyncpg.CheckViolationError)
     with pytest.raises(InvalidRun) as info:
-        with map_db_errors():
-            await pool.execute("SELECT '\"a\\u0000b\"'::jsonb")
+        await _queries.write_value(pool, "SELECT '\"a\\u0000b\"'::jsonb")
     assert isinstance(info.value.__cause__, asyncpg.DataError)
 
 
 async def test_infrastructure_errors_pass_through(pool: asyncpg.Pool) -> None:
-    from squidmesh._errors import map_db_errors
+    from squidmesh import _queries
 
     with pytest.raises(asyncpg.QueryCanceledError):
-        with map_db_errors():
-            async with pool.acquire() as conn:
-                await conn.execute("SET statement_timeout = 50")
-                try:
-                    await conn.execute("SELECT pg_sleep(5)")
-                finally:
-                    await conn.execute("RESET statement_timeout")
+        async with pool.acquire() as conn:
+            await conn.execute("SET statement_timeout = 50")
+            try:
+                await _queries.write_value(conn, "SELECT pg_sleep(5)")
+            finally:
+                await conn.execute("RESET statement_timeout")
 
 
 async def test_floats_read_back_equal_and_as_floats(store: RunStore, run: Run) -> None:

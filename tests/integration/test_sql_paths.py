@@ -49,7 +49,7 @@ async def _counting_pool(dsn: str, counter: Counter) -> asyncpg.Pool:
 async def any_path_store(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> RunStore:
     store = RunStore(pool, workflows=WORKFLOWS)
     if request.param != "fast":
-        store._has_returning_old = False
+        store._server.returning_old = False
     return store
 
 
@@ -97,7 +97,7 @@ async def test_round_trips_on_this_server(dsn: str) -> None:
         store = RunStore(pool, workflows=WORKFLOWS)
         run = await store.create_run(INVOICE_REMINDER, PAYLOAD)
         async with pool.acquire() as conn:
-            fast = store._returning_old(conn)  # the capability of this server
+            fast = store._server.fast_paths(conn)  # the capability of this server
         await counter.count()
         await store.transition_run(run.id, "running")
         assert await counter.count() == 1

@@ -1,8 +1,8 @@
 """Fault injection: killed connections, a server restart, user-configured timeouts.
 
 What counts as a "clear error" (decided here): the store does not wrap
-infrastructure failures (``_errors.map_db_errors`` passes them through), so a
-caller sees asyncpg's own types, which a user of an asyncpg pool already
+infrastructure failures (its query layer, ``squidmesh._queries``, passes them
+through), so a caller sees asyncpg's own types, which a user of an asyncpg pool already
 handles: ``CONNECTION_LOST`` below for a dead connection or server,
 ``asyncpg.QueryCanceledError`` for a statement timeout and
 ``asyncpg.LockNotAvailableError`` for a lock timeout. In every case the run is

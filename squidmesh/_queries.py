@@ -1,0 +1,235 @@
+"""The query layer: the one module of the store that talks to asyncpg.
+
+The operations (``_runs``, ``_steps``, ``_history``, ``_progress``) name a
+query of ``sql/queries/*.sql`` through ``SQL`` (an attribute per query, so a
+typo is a type error, not a runtime ``KeyError``) and run it through the
+functions below, which take an executor (a pool or a connection) first. Here
+live the policies every statement shares:
+
+- **Isolation.** Writes keep READ COMMITTED semantics whatever the session's
+  default (see ``write_value``); the store's own transactions name the level.
+- **Errors.** A driver error on a write becomes a squidmesh error in one
+  place, keyed by constraint name where the constraint says what happened
+  (see ``_BY_CONSTRAINT``); infrastructure errors (a lost connection, a
+  timeout, a cancellation) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final, LiteralString, NoReturn, get_type_hints
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from ._errors import InvalidRun, RunNotFound, StepRunNotFound
+from ._sql import load_queries
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+Executor = asyncpg.Pool | Conn
+
+READ_COMMITTED: Final = "read_committed"
+
+
+class Queries:
+    """Every named query of ``sql/queries/*.sql``; loaded once at import.
+
+    The annotations are the contract with the files: a test checks that the
+    names here and there are the same, and prepares each query against the
+    schema.
+    """
+
+    # runs.sql
+    insert_run: LiteralString
+    get_run: LiteralString
+    lock_run: LiteralString
+    list_runs: LiteralString
+    list_runs_by_workflow: LiteralString
+    list_runs_by_status: LiteralString
+    list_runs_by_workflow_status: LiteralString
+    insert_replay: LiteralString
+    transition_run: LiteralString
+    transition_run_fast: LiteralString
+    update_run: LiteralString
+    cancel_run: LiteralString
+    cancel_run_fast: LiteralString
+    write_run: LiteralString
+    # steps.sql
+    begin_step: LiteralString
+    schedule_step: LiteralString
+    finish_step: LiteralString
+    complete_manual_step: LiteralString
+    record_resume: LiteralString
+    lock_step_run: LiteralString
+    lock_and_begin_attempt: LiteralString
+    finish_attempt: LiteralString
+    lock_and_pause_run: LiteralString
+    # history.sql
+    run_history: LiteralString
+
+    def __init__(self, texts: Mapping[str, str]) -> None:
+        declared = set(get_type_hints(type(self)))
+        if declared != set(texts):
+            raise RuntimeError(
+                "sql/queries/*.sql and squidmesh._queries.Queries disagree: "
+                f"only in the files {sorted(set(texts) - declared)}, "
+                f"only declared {sorted(declared - set(texts))}"
+            )
+        for name, text in texts.items():
+            setattr(self, name, text)
+
+
+SQL: Final = Queries(load_queries())
+
+
+class ServerFeatures:
+    """What the server offers, learnt from the first connection used.
+
+    ``returning_old``: ``RETURNING old.*`` (PostgreSQL >= 18), which lets a
+    guarded transition be one plain UPDATE. asyncpg knows the version from
+    the handshake, so finding out costs no round trip.
+    """
+
+    __slots__ = ("returning_old",)
+
+    def __init__(self) -> None:
+        self.returning_old: bool | None = None
+
+    def fast_paths(self, conn: Conn) -> bool:
+        known = self.returning_old
+        if known is None:
+            known = self.returning_old = conn.get_server_version() >= (18, 0)
+        return known
+
+
+# -- reads ---------------------------------------------------------------------
+
+
+async def value(ex: Executor, query: LiteralString, *args: object) -> Any:
+    """The first column of the first row, or None."""
+    return await ex.fetchval(query, *args)
+
+
+async def rows(ex: Executor, query: LiteralString, *args: object) -> list[asyncpg.Record]:
+    return await ex.fetch(query, *args)
+
+
+# -- writes --------------------------------------------------------------------
+
+
+async def write_value(
+    ex: Executor, query: LiteralString, *args: object, subject: object = None
+) -> Any:
+    """Run one write statement; the first column of its first row, or None.
+
+    ``subject`` is the id the caller asked about, named in a not-found error
+    when a foreign key shows that the row it refers to is gone.
+
+    Under a session default stricter than READ COMMITTED, a row changed by a
+    concurrent writer after the statement's snapshot makes PostgreSQL refuse
+    the statement (serialization_failure) instead of re-reading the row. The
+    statement was its own transaction, so nothing was written, and it runs
+    again inside an explicit READ COMMITTED transaction, where it behaves as
+    documented. Three more round trips, on that path only.
+    """
+    try:
+        try:
+            return await ex.fetchval(query, *args)
+        except asyncpg.SerializationError:
+            if _in_transaction(ex):
+                raise  # the caller's transaction is lost either way: theirs to retry
+        async with _read_committed(ex) as conn:
+            return await conn.fetchval(query, *args)
+    except _DB_ERRORS as exc:
+        _raise_translated(exc, subject)
+
+
+async def write_row(
+    ex: Executor, query: LiteralString, *args: object, subject: object = None
+) -> asyncpg.Record | None:
+    """``write_value`` for a statement whose whole first row the caller reads."""
+    try:
+        try:
+            return await ex.fetchrow(query, *args)
+        except asyncpg.SerializationError:
+            if _in_transaction(ex):
+                raise  # the caller's transaction is lost either way: theirs to retry
+        async with _read_committed(ex) as conn:
+            return await conn.fetchrow(query, *args)
+    except _DB_ERRORS as exc:
+        _raise_translated(exc, subject)
+
+
+def _in_transaction(ex: Executor) -> bool:
+    return not isinstance(ex, asyncpg.Pool) and ex.is_in_transaction()
+
+
+@contextlib.asynccontextmanager
+async def _read_committed(ex: Executor) -> AsyncIterator[Conn]:
+    if isinstance(ex, asyncpg.Pool):
+        async with ex.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
+            yield conn
+    else:
+        async with ex.transaction(isolation=READ_COMMITTED):
+            yield ex
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A connection from ``pool`` in a READ COMMITTED transaction, committed on exit.
+
+    Every guarantee squidmesh documents is argued at READ COMMITTED, where a
+    statement that waited for a row lock re-reads the newest row version and
+    each statement sees what committed before it started; a user's database
+    or pool may default to a stricter level, so the level is named.
+    """
+    async with pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A connection from ``pool`` for several statements that are not one transaction."""
+    async with pool.acquire() as conn:
+        yield conn
+
+
+async def execute(conn: Conn, statement: LiteralString) -> None:
+    """A utility statement without parameters (SAVEPOINT, RELEASE ...)."""
+    await conn.execute(statement)
+
+
+# -- errors --------------------------------------------------------------------
+
+_DB_ERRORS: Final = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+
+# Constraints whose violation means something more precise than "the value
+# cannot be stored". None: not an error of the caller's; the raw driver error
+# reaches the operation, which handles it (begin_attempt retries).
+_BY_CONSTRAINT: Final[Mapping[str, Callable[[object], Exception] | None]] = {
+    # A replay's source, or a new step run's run, was deleted meanwhile.
+    "runs_replayed_from_fkey": RunNotFound,
+    "step_runs_run_id_fkey": RunNotFound,
+    # A new attempt's step run was deleted meanwhile.
+    "step_attempts_step_run_id_fkey": StepRunNotFound,
+    # Two attempts took the same number: begin_attempt retries under the lock.
+    "step_attempts_step_run_id_number_key": None,
+}
+
+
+def _raise_translated(exc: Exception, subject: object) -> NoReturn:
+    name = getattr(exc, "constraint_name", None)
+    if isinstance(name, str) and name in _BY_CONSTRAINT:
+        make = _BY_CONSTRAINT[name]
+        if make is None:
+            raise exc
+        raise make(subject) from exc
+    if isinstance(exc, asyncpg.ProgramLimitExceededError):
+        raise InvalidRun(f"the value is too large to store: {exc}") from exc
+    suffix = f" (constraint {name})" if name else ""
+    raise InvalidRun(f"the database rejected the value: {exc}{suffix}") from exc
