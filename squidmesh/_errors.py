@@ -1,15 +1,34 @@
-"""The exception hierarchy and the one boundary that maps driver errors onto it.
+"""The exception hierarchy. (Driver errors are mapped onto it by the query layer, ``_queries``.)
 
 Data lives on attributes; the message is derived from them so that a person
 reading a log line knows what to change. Every class pickles (tests check it):
 ``__reduce__`` rebuilds from the attributes rather than the message.
+
+The classes carry no class-level annotations on purpose: ``squidmesh``
+renames the ``__module__`` of unannotated classes only, and a traceback should
+say ``squidmesh.RunNotFound``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
-import asyncpg
+from ._types import RunStatus
+
+# For UnknownStatus. Built from RunStatus, not from state_machine.STATES (the
+# same order), because state_machine raises these errors: no import cycle.
+_STATES: Final = ", ".join(status.value for status in RunStatus)
+
+
+def _rebuilt_from(*attributes: str) -> Callable[[BaseException], tuple[Any, ...]]:
+    """A ``__reduce__`` that rebuilds an error by calling its class with
+    ``attributes`` (its ``__init__`` arguments, in order), not with the message."""
+
+    def __reduce__(error: BaseException) -> tuple[Any, ...]:
+        return (type(error), tuple(getattr(error, name) for name in attributes))
+
+    return __reduce__
 
 
 class SquidMeshError(Exception):
@@ -23,8 +42,7 @@ class RunNotFound(SquidMeshError, LookupError):
         self.run_id = run_id
         super().__init__(f"run {str(run_id)!r} not found")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.run_id,))
+    __reduce__ = _rebuilt_from("run_id")
 
 
 class StepRunNotFound(SquidMeshError, LookupError):
@@ -34,8 +52,7 @@ class StepRunNotFound(SquidMeshError, LookupError):
         self.step_run_id = step_run_id
         super().__init__(f"step run {str(step_run_id)!r} not found")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.step_run_id,))
+    __reduce__ = _rebuilt_from("step_run_id")
 
 
 class AttemptNotFound(SquidMeshError, LookupError):
@@ -45,8 +62,7 @@ class AttemptNotFound(SquidMeshError, LookupError):
         self.attempt_id = attempt_id
         super().__init__(f"step attempt {str(attempt_id)!r} not found")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.attempt_id,))
+    __reduce__ = _rebuilt_from("attempt_id")
 
 
 class InvalidTransition(SquidMeshError):
@@ -57,8 +73,7 @@ class InvalidTransition(SquidMeshError):
         self.to_status = str(to_status)
         super().__init__(f"cannot move run from {self.from_status!r} to {self.to_status!r}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.from_status, self.to_status))
+    __reduce__ = _rebuilt_from("from_status", "to_status")
 
 
 class UnknownStatus(SquidMeshError, ValueError):
@@ -66,14 +81,9 @@ class UnknownStatus(SquidMeshError, ValueError):
 
     def __init__(self, value: object) -> None:
         self.value = value
-        from .state_machine import STATES  # local: state_machine imports this module
+        super().__init__(f"unknown run status {value!r}; expected one of: {_STATES}")
 
-        super().__init__(
-            f"unknown run status {value!r}; expected one of: " + ", ".join(s.value for s in STATES)
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.value,))
+    __reduce__ = _rebuilt_from("value")
 
 
 class InvalidWorkflow(SquidMeshError, LookupError):
@@ -86,8 +96,7 @@ class InvalidWorkflow(SquidMeshError, LookupError):
             "or store.register(...)"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name,))
+    __reduce__ = _rebuilt_from("name")
 
 
 class InvalidTrigger(SquidMeshError, LookupError):
@@ -99,8 +108,7 @@ class InvalidTrigger(SquidMeshError, LookupError):
         where = f" in workflow {workflow!r}" if workflow else ""
         super().__init__(f"trigger {name!r} is not declared{where}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.workflow))
+    __reduce__ = _rebuilt_from("name", "workflow")
 
 
 class InvalidPayload(SquidMeshError, ValueError):
@@ -142,11 +150,7 @@ class InvalidPayload(SquidMeshError, ValueError):
             message = "invalid payload: " + "; ".join(parts or ["rejected"])
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            type(self),
-            (self.missing_fields, self.unknown_fields, self.invalid_types, self.expected_map),
-        )
+    __reduce__ = _rebuilt_from("missing_fields", "unknown_fields", "invalid_types", "expected_map")
 
 
 class InvalidRun(SquidMeshError, ValueError):
@@ -157,8 +161,7 @@ class InvalidRun(SquidMeshError, ValueError):
         self.reason = reason
         super().__init__(f"invalid run: {reason}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason,))
+    __reduce__ = _rebuilt_from("reason")
 
 
 class WorkflowDefinitionError(SquidMeshError, ValueError):
@@ -170,8 +173,7 @@ class WorkflowDefinitionError(SquidMeshError, ValueError):
             "invalid workflow definition:\n" + "\n".join(f"  - {p}" for p in self.problems)
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
+    __reduce__ = _rebuilt_from("problems")
 
 
 class MigrationError(SquidMeshError):
@@ -187,38 +189,4 @@ class MigrationError(SquidMeshError):
         where = f"migration {version}" if version else "squidmesh.migrate()"
         super().__init__(f"{where} failed: {reason}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.version, self.reason))
-
-
-class _MapDbErrors:
-    """Turn data errors and constraint violations into ``InvalidRun``.
-
-    Infrastructure errors (connection lost, statement timeout, cancellation)
-    pass through unchanged: callers hold the asyncpg pool and know those types.
-    A class rather than a generator-based context manager: it wraps every
-    write, and this form costs a fraction as much to enter and leave.
-    """
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None:
-            return
-        if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):
-            detail = getattr(exc, "constraint_name", None)
-            suffix = f" (constraint {detail})" if detail else ""
-            raise InvalidRun(f"the database rejected the value: {exc}{suffix}") from exc
-        if isinstance(exc, asyncpg.ProgramLimitExceededError):
-            raise InvalidRun(f"the value is too large to store: {exc}") from exc
-
-
-_MAP_DB_ERRORS: Final = _MapDbErrors()
-
-
-def map_db_errors() -> _MapDbErrors:
-    """The boundary that maps driver data errors onto ``InvalidRun`` (see ``_MapDbErrors``)."""
-    return _MAP_DB_ERRORS
+    __reduce__ = _rebuilt_from("version", "reason")

@@ -46,20 +46,19 @@ TRANSITIONS: MappingProxyType[RunStatus, frozenset[RunStatus]] = MappingProxyTyp
 _SOURCES: dict[RunStatus, tuple[str, ...]] = {
     to: tuple(s.value for s in STATES if to in TRANSITIONS[s]) for to in STATES
 }
+_BY_VALUE: dict[str, RunStatus] = {status.value: status for status in STATES}
 _TERMINAL = frozenset({S.FAILED, S.COMPLETED, S.CANCELLED})
 _SCHEDULABLE = frozenset({S.PENDING, S.RUNNING, S.RETRYING})
 
 
 def coerce_status(value: object) -> RunStatus:
     """Return ``value`` as a ``RunStatus``, or raise ``UnknownStatus``."""
-    if isinstance(value, RunStatus):
-        return value
-    if isinstance(value, str):
-        try:
-            return RunStatus(value)
-        except ValueError:
-            pass
-    raise UnknownStatus(value)
+    # A RunStatus hashes and compares as its value, so one lookup serves both
+    # forms; only a str is looked up, as anything else may be unhashable.
+    status = _BY_VALUE.get(value) if isinstance(value, str) else None
+    if status is None:
+        raise UnknownStatus(value)
+    return status
 
 
 def allowed_transitions(status: RunStatus | str) -> frozenset[RunStatus]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import copy
+import inspect
 import pickle
+from pathlib import Path
+from typing import NamedTuple
 from uuid import UUID
 
 import pytest
@@ -22,6 +26,7 @@ from squidmesh import (
     StepRunNotFound,
     UnknownStatus,
     WorkflowDefinitionError,
+    state_machine,
 )
 
 RUN_ID = UUID("01890a5d-ac96-7a7b-8c3b-0123456789ab")
@@ -101,47 +106,45 @@ CASES: list[tuple[SquidMeshError, tuple[type, ...], dict[str, object], tuple[str
 IDS = [f"{type(c[0]).__name__}-{i}" for i, c in enumerate(CASES)]
 
 
-@pytest.mark.parametrize(("error", "parents", "attrs", "fragments"), CASES, ids=IDS)
-def test_hierarchy(
-    error: SquidMeshError,
-    parents: tuple[type, ...],
-    attrs: dict[str, object],
-    fragments: tuple[str, ...],
-) -> None:
+class Case(NamedTuple):
+    error: SquidMeshError
+    parents: tuple[type, ...]
+    attrs: dict[str, object]
+    fragments: tuple[str, ...]
+
+
+each_case = pytest.mark.parametrize("case", [Case(*c) for c in CASES], ids=IDS)
+
+
+@each_case
+def test_hierarchy(case: Case) -> None:
+    error = case.error
     assert isinstance(error, SquidMeshError)
     assert isinstance(error, Exception)
-    for parent in parents:
+    for parent in case.parents:
         assert isinstance(error, parent)
 
 
-@pytest.mark.parametrize(("error", "parents", "attrs", "fragments"), CASES, ids=IDS)
-def test_attributes_and_message(
-    error: SquidMeshError,
-    parents: tuple[type, ...],
-    attrs: dict[str, object],
-    fragments: tuple[str, ...],
-) -> None:
-    for name, value in attrs.items():
+@each_case
+def test_attributes_and_message(case: Case) -> None:
+    error = case.error
+    for name, value in case.attrs.items():
         assert getattr(error, name) == value
     message = str(error)
     assert message
-    for fragment in fragments:
+    for fragment in case.fragments:
         assert fragment in message
 
 
-@pytest.mark.parametrize(("error", "parents", "attrs", "fragments"), CASES, ids=IDS)
-def test_pickle_round_trip(
-    error: SquidMeshError,
-    parents: tuple[type, ...],
-    attrs: dict[str, object],
-    fragments: tuple[str, ...],
-) -> None:
+@each_case
+def test_pickle_round_trip(case: Case) -> None:
+    error = case.error
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         clone = pickle.loads(pickle.dumps(error, protocol=protocol))
         assert type(clone) is type(error)
         assert str(clone) == str(error)
         assert clone.args == error.args
-        for name, value in attrs.items():
+        for name, value in case.attrs.items():
             assert getattr(clone, name) == value
     assert str(copy.deepcopy(error)) == str(error)
 
@@ -209,3 +212,44 @@ def test_errors_can_be_raised_and_caught_by_builtin_parent() -> None:
         raise InvalidPayload(expected_map=True)
     with pytest.raises(ValueError):
         raise UnknownStatus("x")
+
+
+@each_case
+def test_pickling_rebuilds_from_the_attributes(case: Case) -> None:
+    # Not from the message: the clone is built by calling the class again.
+    reduced = case.error.__reduce__()
+    assert isinstance(reduced, tuple)
+    rebuild, arguments = reduced[:2]
+    assert rebuild is type(case.error)
+    assert str(rebuild(*arguments)) == str(case.error)
+    for value in case.attrs.values():
+        assert value in arguments
+
+
+def test_unknown_status_lists_the_states_in_state_machine_order() -> None:
+    message = str(UnknownStatus("nope"))
+    expected = ", ".join(status.value for status in state_machine.STATES)
+    assert message == f"unknown run status 'nope'; expected one of: {expected}"
+
+
+def test_errors_module_does_not_import_the_state_machine() -> None:
+    # state_machine raises these errors, so an import back (even a local one
+    # inside a function) would be a cycle.
+    source = Path(squidmesh.__file__).with_name("_errors.py").read_text(encoding="utf-8")
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not any("state_machine" in name for name in imported), imported
+
+
+def test_error_classes_keep_no_annotations() -> None:
+    # squidmesh renames __module__ only for unannotated classes; tracebacks
+    # show squidmesh.RunNotFound, not squidmesh._errors.RunNotFound.
+    for case in CASES:
+        cls = type(case[0])
+        assert inspect.get_annotations(cls) == {}, cls
+        assert cls.__module__ == "squidmesh"

@@ -7,6 +7,7 @@ does not match the reference semantics fails here.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import pickle
 
@@ -196,3 +197,33 @@ def test_invalid_transition_from_validate_pickles() -> None:
     clone = pickle.loads(pickle.dumps(info.value))
     assert (clone.from_status, clone.to_status) == ("completed", "running")
     assert str(clone) == str(info.value)
+
+
+class OtherEnum(enum.StrEnum):
+    RUNNING = "running"
+
+
+def test_coerce_status_returns_the_member() -> None:
+    for name in NAMES:
+        member = RunStatus(name)
+        assert state_machine.coerce_status(name) is member
+        assert state_machine.coerce_status(member) is member
+    # Any str equal to a state's value is that state, as RunStatus(value) says.
+    assert state_machine.coerce_status(OtherEnum.RUNNING) is RunStatus.RUNNING
+
+
+@pytest.mark.parametrize("value", [["running"], {"running": 1}, {"running"}], ids=repr)
+def test_unhashable_values_are_unknown_statuses(value: object) -> None:
+    with pytest.raises(UnknownStatus) as info:
+        state_machine.coerce_status(value)
+    assert info.value.value == value
+    assert state_machine.can_transition(value, "running") is False
+
+
+def test_sources_of_are_the_inverse_of_the_table() -> None:
+    for target in NAMES:
+        expected = tuple(name for name in NAMES if target in LEGAL[name])
+        assert state_machine.sources_of(target) == expected
+        assert state_machine.sources_of(RunStatus(target)) == expected
+    with pytest.raises(UnknownStatus):
+        state_machine.sources_of("nope")

@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import pickle
 from collections.abc import Sequence
 
 import pytest
 
+import squidmesh
+from squidmesh import _workflow
 from squidmesh._codec import MAX_INT_DIGITS
 from squidmesh._errors import InvalidTrigger, WorkflowDefinitionError
 from squidmesh._workflow import (
     COMPLETE,
+    MANUAL_STEP_KINDS,
     MAX_NAME_LENGTH,
     NOW_ISO8601,
+    STEP_KINDS,
     TODAY_ISO8601,
     Field,
     Step,
     Transition,
     Trigger,
     Workflow,
+    graph,
+    name_problem,
 )
+from squidmesh._workflow.checks import definition_problems
 
 TRIGGER = Trigger("manual")
 
@@ -783,7 +791,7 @@ def test_field_equality() -> None:
     assert Field("a", int, default=1) != Field("a", int)
     assert Field("a", str, default=TODAY_ISO8601) != Field("a", str, default=NOW_ISO8601)
     assert Field("a", dict, default={"k": 1}) == Field("a", dict, default={"k": 1})
-    assert Field("a", int) != "a"
+    assert Field("a", int) != "a"  # type: ignore[comparison-overlap]
 
 
 def test_step_and_transition_values() -> None:
@@ -817,11 +825,11 @@ def test_trigger_values() -> None:
 def test_definitions_are_immutable() -> None:
     wf = invoice_reminder()
     with pytest.raises(AttributeError):
-        wf.name = "other"
+        wf.name = "other"  # type: ignore[misc]
     with pytest.raises(AttributeError):
-        wf.steps[0].kind = "approval"
+        wf.steps[0].kind = "approval"  # type: ignore[misc]
     with pytest.raises(AttributeError):
-        wf.triggers[0].payload[0].required = False
+        wf.triggers[0].payload[0].required = False  # type: ignore[misc]
     with pytest.raises(AttributeError):
         del wf.transitions[0].to
 
@@ -853,3 +861,207 @@ def test_generators_are_accepted_as_sequences() -> None:
 def test_step_named_complete_is_not_counted_as_an_entry() -> None:
     problem = only_problem(steps=[Step("a"), Step("complete")])
     assert "'complete' is reserved" in problem
+
+
+# -- the definitions as frozen dataclasses ------------------------------------------
+
+
+def parts() -> list[Field | Trigger | Step | Transition]:
+    """One of each part, with every argument given."""
+    return [
+        Field("f", str, required=False, default=NOW_ISO8601),
+        Trigger("t", [Field("a", int, default=1)], cron="0 9 * * *", timezone="Etc/UTC"),
+        Step("s", kind="pause", after=["a", "b"]),
+        Transition("s", on="ok", to="complete"),
+    ]
+
+
+@pytest.mark.parametrize("part", parts(), ids=lambda part: type(part).__name__)
+def test_each_part_pickles_and_copies_equal(part: object) -> None:
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        clone = pickle.loads(pickle.dumps(part, protocol=protocol))
+        assert type(clone) is type(part)
+        assert clone == part
+        assert hash(clone) == hash(part)
+        assert repr(clone) == repr(part)
+    assert copy.copy(part) == part
+    assert copy.deepcopy(part) == part
+
+
+@pytest.mark.parametrize("part", parts(), ids=lambda part: type(part).__name__)
+def test_the_repr_is_the_constructor_call(part: object) -> None:
+    namespace = {
+        "Field": Field,
+        "Trigger": Trigger,
+        "Step": Step,
+        "Transition": Transition,
+        "squidmesh": squidmesh,
+        "str": str,
+        "int": int,
+    }
+    assert eval(repr(part), namespace) == part
+
+
+def test_pickling_a_workflow_rebuilds_and_rechecks_it() -> None:
+    wf = diamond()
+    restored = pickle.loads(pickle.dumps(wf))
+    assert restored == wf
+    assert restored.is_dependency_based
+    assert restored.step_layout() == wf.step_layout()
+    # A pickle replays the constructor, so it cannot smuggle in what the
+    # constructor refuses.
+    rebuild, (cls, args, kwargs) = wf.__reduce__()
+    with pytest.raises(WorkflowDefinitionError):
+        rebuild(cls, args, {**kwargs, "steps": ()})
+
+
+def test_parts_are_dataclasses_with_the_documented_fields() -> None:
+    def init_fields(cls: type) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+
+    assert init_fields(Field) == ["name", "type", "required", "default"]
+    assert init_fields(Trigger) == ["name", "payload", "cron", "timezone"]
+    assert init_fields(Step) == ["name", "kind", "after"]
+    assert init_fields(Transition) == ["from_step", "on", "to"]
+    assert init_fields(Workflow) == ["name", "triggers", "steps", "transitions"]
+
+
+def test_replace_goes_through_the_constructor() -> None:
+    step = dataclasses.replace(Step("a"), after=("b",))
+    assert step.after == ("b",)
+    wf = invoice_reminder()
+    renamed = dataclasses.replace(wf, name="billing.other")
+    assert renamed.name == "billing.other"
+    assert renamed.entry_step == wf.entry_step
+    with pytest.raises(WorkflowDefinitionError):
+        dataclasses.replace(wf, triggers=())
+
+
+def test_field_defaults_compare_by_type_and_value() -> None:
+    # 1, 1.0 and True are stored as different JSON, so they are different defaults.
+    assert Field("a", float, default=1) != Field("a", float, default=1.0)
+    assert Field("a", int, default=1) != Field("a", int, default=True)
+    assert Field("a", list, default=list) == Field("a", list, default=list)
+    assert Field("a", list, default=list) != Field("a", list, default=lambda: [])
+    assert Field("a", str, default=None) == Field("a", str, default=None)
+
+
+def test_field_hash_ignores_the_default() -> None:
+    with_dict = Field("a", dict, default={"k": [1]})
+    assert hash(with_dict) == hash(Field("a", dict, default={"k": [1]}))
+    assert hash(with_dict) == hash(Field("a", dict))
+    assert len({with_dict, Field("a", dict, default={"k": [1]})}) == 1
+
+
+def test_a_field_of_an_unhashable_type_still_hashes_and_is_reported() -> None:
+    field = Field("a", ["str"])  # type: ignore[arg-type]
+    assert isinstance(hash(field), int)
+    assert field.type_name == "['str']"
+    assert repr(field) == "Field('a', ['str'])"
+    assert "field 'a' has unknown type ['str']" in only_problem(triggers=[Trigger("t", [field])])
+
+
+def test_trigger_and_workflow_hashes_leave_their_parts_out() -> None:
+    assert hash(Trigger("t", [Field("a", str)])) == hash(Trigger("t"))
+    unhashable = Trigger("t", [["not a field"]])  # type: ignore[list-item]
+    assert isinstance(hash(unhashable), int)
+    other = build(name="billing.invoice_reminder")
+    assert hash(other) == hash(invoice_reminder())
+    assert other != invoice_reminder()
+
+
+def test_trigger_field_lookup_takes_the_first_declaration() -> None:
+    first = Field("a", str)
+    trigger = Trigger("t", [first, Field("a", int), "junk"])  # type: ignore[list-item]
+    assert trigger.field("a") is first
+    assert trigger.field("junk") is None
+
+
+def test_a_repr_shows_what_differs_from_the_defaults() -> None:
+    assert repr(Field("a", int, required=True)) == "Field('a', int)"
+    assert repr(Field("a", int, default=0)) == "Field('a', int, default=0)"
+    assert repr(Step("a", kind="step", after=())) == "Step('a')"
+    assert repr(Trigger("t", [], cron=None)) == "Trigger('t')"
+    assert repr(Trigger("t", timezone="Etc/UTC")) == "Trigger('t', timezone='Etc/UTC')"
+
+
+# -- the package's modules -------------------------------------------------------------
+
+
+def test_the_package_exports_what_the_rest_of_squidmesh_imports() -> None:
+    expected = {
+        "COMPLETE",
+        "DEFAULT_FACTORY",
+        "DEFAULT_NONE",
+        "DEFAULT_NOW",
+        "DEFAULT_TODAY",
+        "DEFAULT_VALUE",
+        "FIELD_TYPES",
+        "MANUAL_STEP_KINDS",
+        "MAX_NAME_LENGTH",
+        "NOW_ISO8601",
+        "STEP_KINDS",
+        "TODAY_ISO8601",
+        "Field",
+        "Step",
+        "Transition",
+        "Trigger",
+        "Workflow",
+        "name_problem",
+    }
+    for name in expected:
+        assert hasattr(_workflow, name), name
+    assert MANUAL_STEP_KINDS == {"pause", "approval"}
+    assert set(MANUAL_STEP_KINDS) < set(STEP_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ok", None),
+        ("n" * MAX_NAME_LENGTH, None),
+        ("n" * (MAX_NAME_LENGTH + 1), "step name 'nnnn"),
+        ("", "step name must be a non-empty string, got ''"),
+        (None, "step name must be a non-empty string, got None"),
+        ("a\x00", "step name 'a\\x00' contains a NUL"),
+    ],
+)
+def test_name_problem(value: object, expected: str | None) -> None:
+    problem = name_problem("step", value)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected)
+
+
+def test_definition_problems_of_a_valid_definition_is_empty() -> None:
+    wf = invoice_reminder()
+    assert definition_problems(wf.name, wf.triggers, wf.steps, wf.transitions) == []
+
+
+def test_graph_entry_steps_ignore_targets_that_are_not_str() -> None:
+    assert graph.entry_steps(["a", "b", "c"], ["b", ["c"], None]) == ["a", "c"]
+    assert graph.entry_steps(["a"], ["a"]) == []
+
+
+def test_graph_dependency_cycles_one_per_group_in_declaration_order() -> None:
+    dependencies = {"z": ["y"], "y": ["z"], "a": ["b"], "b": ["c"], "c": ["a"], "d": []}
+    assert graph.dependency_cycles(dependencies) == [
+        ["z", "y", "z"],
+        ["a", "b", "c", "a"],
+    ]
+    assert graph.dependency_cycles({"a": [], "b": ["a"]}) == []
+
+
+def test_graph_step_layout_without_dependencies_is_declaration_order() -> None:
+    assert graph.step_layout({"b": (), "a": ()}) == (("b", ()), ("a", ()))
+    assert graph.step_layout({"late": ["early"], "early": []}) == (
+        ("early", ()),
+        ("late", ("early",)),
+    )
+
+
+def test_a_generator_payload_is_read_once() -> None:
+    trigger = Trigger("t", (f for f in [Field("a", str)]))  # type: ignore[arg-type]
+    assert trigger.payload == (Field("a", str),)
+    assert trigger.field("a") == Field("a", str)
