@@ -38,7 +38,7 @@ def _names(wheel: Path) -> set[str]:
 
 def test_wheel_contains_every_sql_file(wheel: Path) -> None:
     names = _names(wheel)
-    sql_files = sorted((REPO / "sql").glob("*.sql")) + sorted((REPO / "sql/queries").glob("*.sql"))
+    sql_files = sorted((REPO / "sql").rglob("*.sql"))
     assert sql_files
     for path in sql_files:
         inside = "squidmesh/sql/" + path.relative_to(REPO / "sql").as_posix()
@@ -55,8 +55,9 @@ def test_wheel_sql_files_equal_the_checkout(wheel: Path) -> None:
 def test_wheel_contains_py_typed_and_every_module(wheel: Path) -> None:
     names = _names(wheel)
     assert "squidmesh/py.typed" in names
-    for path in sorted((REPO / "squidmesh").glob("*.py")):
-        assert f"squidmesh/{path.name}" in names, path.name
+    for path in sorted((REPO / "squidmesh").rglob("*.py")):
+        inside = path.relative_to(REPO).as_posix()
+        assert inside in names, inside
 
 
 def test_wheel_leaves_tests_out(wheel: Path) -> None:
