@@ -133,30 +133,28 @@ async def write_value(
     again inside an explicit READ COMMITTED transaction, where it behaves as
     documented. Three more round trips, on that path only.
     """
-    try:
-        try:
-            return await ex.fetchval(query, *args)
-        except asyncpg.SerializationError:
-            if _in_transaction(ex):
-                raise  # the caller's transaction is lost either way: theirs to retry
-        async with _read_committed(ex) as conn:
-            return await conn.fetchval(query, *args)
-    except _DB_ERRORS as exc:
-        _raise_translated(exc, subject)
+    return await _write(ex, "fetchval", query, args, subject)
 
 
 async def write_row(
     ex: Executor, query: LiteralString, *args: object, subject: object = None
 ) -> asyncpg.Record | None:
     """``write_value`` for a statement whose whole first row the caller reads."""
+    row: asyncpg.Record | None = await _write(ex, "fetchrow", query, args, subject)
+    return row
+
+
+async def _write(
+    ex: Executor, method: str, query: LiteralString, args: tuple[object, ...], subject: object
+) -> Any:
     try:
         try:
-            return await ex.fetchrow(query, *args)
+            return await getattr(ex, method)(query, *args)
         except asyncpg.SerializationError:
             if _in_transaction(ex):
                 raise  # the caller's transaction is lost either way: theirs to retry
         async with _read_committed(ex) as conn:
-            return await conn.fetchrow(query, *args)
+            return await getattr(conn, method)(query, *args)
     except _DB_ERRORS as exc:
         _raise_translated(exc, subject)
 

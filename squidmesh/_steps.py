@@ -26,6 +26,7 @@ from ._registry import Registry
 from ._runs import CANCELLED_WHILE_PAUSED_TEXT
 from ._types import PauseResult, RunChanges, RunStatus, StepAttempt, StepRun
 from ._values import (
+    check_keys,
     check_step_name,
     check_text,
     coerce_changes,
@@ -42,7 +43,7 @@ _step_run_decoder: Final = msgspec.json.Decoder(StepRun)
 _attempt_decoder: Final = msgspec.json.Decoder(StepAttempt)
 
 
-_EVENT_KEYS: Final = frozenset({"type", "step", "actor", "comment", "metadata", "at"})
+_EVENT_KEYS: Final = ("type", "step", "actor", "comment", "metadata", "at")
 
 
 def _decision_params(
@@ -54,12 +55,7 @@ def _decision_params(
     decision belongs to the step run it is recorded on.
     """
     if isinstance(event, Mapping):
-        unknown = set(event) - _EVENT_KEYS
-        if unknown:
-            raise InvalidRun(
-                f"unknown event keys {sorted(map(str, unknown))}; "
-                "allowed: type, step, actor, comment, metadata, at"
-            )
+        check_keys("event", event, _EVENT_KEYS)
         fields = dict(event)
     else:
         fields = {key: getattr(event, key, None) for key in _EVENT_KEYS}

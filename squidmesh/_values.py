@@ -18,8 +18,6 @@ from ._ids import parse_id
 from ._types import RunChanges
 from ._workflow import MAX_NAME_LENGTH
 
-_CHANGE_KEYS: Final = frozenset({"context", "current_step", "last_error"})
-
 
 class FieldWrites(NamedTuple):
     """The field writes of a run write, as the queries take them.
@@ -47,14 +45,18 @@ def coerce_changes(changes: RunChanges | Mapping[str, Any] | None) -> RunChanges
     if isinstance(changes, RunChanges):
         return changes
     if isinstance(changes, Mapping):
-        unknown = set(changes) - _CHANGE_KEYS
-        if unknown:
-            raise InvalidRun(
-                f"unknown change keys {sorted(map(str, unknown))}; "
-                "allowed: context, current_step, last_error"
-            )
+        check_keys("change", changes, ("context", "current_step", "last_error"))
         return RunChanges(**changes)
     raise InvalidRun(f"changes must be a RunChanges or a dict, not {type(changes).__name__}")
+
+
+def check_keys(what: str, given: Mapping[Any, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse keys of a dict the caller passed that are not in ``allowed``."""
+    unknown = set(given) - set(allowed)
+    if unknown:
+        raise InvalidRun(
+            f"unknown {what} keys {sorted(map(str, unknown))}; allowed: {', '.join(allowed)}"
+        )
 
 
 def field_writes(changes: RunChanges) -> FieldWrites:
