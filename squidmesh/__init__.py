@@ -14,6 +14,9 @@ from msgspec import UNSET as UNSET
 from . import progress as progress
 from . import state_machine as state_machine
 from ._errors import AttemptNotFound as AttemptNotFound
+from ._errors import IdempotencyConflict as IdempotencyConflict
+from ._errors import InvalidArgument as InvalidArgument
+from ._errors import InvalidCursor as InvalidCursor
 from ._errors import InvalidPayload as InvalidPayload
 from ._errors import InvalidRun as InvalidRun
 from ._errors import InvalidTransition as InvalidTransition
@@ -24,6 +27,7 @@ from ._errors import RunNotFound as RunNotFound
 from ._errors import SquidMeshError as SquidMeshError
 from ._errors import StepRunNotFound as StepRunNotFound
 from ._errors import UnknownStatus as UnknownStatus
+from ._errors import VersionConflict as VersionConflict
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._events import DispatchEvents as DispatchEvents
 from ._events import Event as Event
@@ -35,9 +39,11 @@ from ._migrate import migrate as migrate
 from ._store import RunStore as RunStore
 from ._store import no_reset as no_reset
 from ._types import PauseResult as PauseResult
+from ._types import PruneReport as PruneReport
 from ._types import Run as Run
 from ._types import RunAuditEvent as RunAuditEvent
 from ._types import RunChanges as RunChanges
+from ._types import RunPage as RunPage
 from ._types import RunStatus as RunStatus
 from ._types import RunStepState as RunStepState
 from ._types import StepAttempt as StepAttempt
@@ -68,9 +74,11 @@ __all__ = (
     # records
     "UNSET",
     "PauseResult",
+    "PruneReport",
     "Run",
     "RunAuditEvent",
     "RunChanges",
+    "RunPage",
     "RunStatus",
     "RunStepState",
     "StepAttempt",
@@ -84,6 +92,9 @@ __all__ = (
     "StepFailed",
     # errors
     "AttemptNotFound",
+    "IdempotencyConflict",
+    "InvalidArgument",
+    "InvalidCursor",
     "InvalidPayload",
     "InvalidRun",
     "InvalidTransition",
@@ -94,6 +105,7 @@ __all__ = (
     "SquidMeshError",
     "StepRunNotFound",
     "UnknownStatus",
+    "VersionConflict",
     "WorkflowDefinitionError",
     # modules
     "progress",

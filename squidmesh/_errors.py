@@ -190,3 +190,61 @@ class MigrationError(SquidMeshError):
         super().__init__(f"{where} failed: {reason}")
 
     __reduce__ = _rebuilt_from("version", "reason")
+
+
+class IdempotencyConflict(SquidMeshError):
+    """Raised when an idempotency key of a workflow was already used for a run
+    created with another trigger or payload; ``run_id`` is that run."""
+
+    def __init__(self, workflow: str, idempotency_key: str, run_id: object) -> None:
+        self.workflow = workflow
+        self.idempotency_key = idempotency_key
+        self.run_id = run_id
+        super().__init__(
+            f"idempotency key {idempotency_key!r} of workflow {workflow!r} was used by run "
+            f"{str(run_id)!r} with another trigger or payload; use a new key for a new run"
+        )
+
+    __reduce__ = _rebuilt_from("workflow", "idempotency_key", "run_id")
+
+
+class VersionConflict(SquidMeshError):
+    """Raised when a write names an ``expected_version`` the run no longer has.
+
+    Nothing was written and no caller code was called: re-read the run and
+    decide again.
+    """
+
+    def __init__(self, run_id: object, expected: int, actual: int) -> None:
+        self.run_id = run_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"run {str(run_id)!r} is at version {actual}, not {expected}: "
+            "it changed since it was read; re-read it and retry"
+        )
+
+    __reduce__ = _rebuilt_from("run_id", "expected", "actual")
+
+
+class InvalidCursor(SquidMeshError, ValueError):
+    """Raised when a page cursor was not made by ``page_runs``."""
+
+    def __init__(self, cursor: object) -> None:
+        self.cursor = cursor
+        super().__init__(
+            f"invalid cursor {cursor!r}: pass back a next_cursor that page_runs returned"
+        )
+
+    __reduce__ = _rebuilt_from("cursor")
+
+
+class InvalidArgument(SquidMeshError, ValueError):
+    """Raised when an argument is outside what an operation accepts."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid {name}: {reason}")
+
+    __reduce__ = _rebuilt_from("name", "reason")

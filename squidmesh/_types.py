@@ -128,6 +128,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
         step_runs, steps, audit_events: the history, None unless requested.
         version: incremented by every write of the run row (for If-Match style
             optimistic checks).
+        idempotency_key: the key the run was created with, or None.
     """
 
     id: UUID
@@ -145,6 +146,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     steps: list[RunStepState] | None = None
     audit_events: list[RunAuditEvent] | None = None
     version: int = 1
+    idempotency_key: str | None = None
 
 
 class RunChanges(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,3 +175,21 @@ class PauseResult(msgspec.Struct, frozen=True, kw_only=True):
     terminal_noop: bool = False
     finalized_step: bool = False
     error: JSONMap | None = None
+
+
+class RunPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of ``page_runs``: the runs, newest first, and the cursor of the
+    next page (None on the last page)."""
+
+    runs: list[Run]
+    next_cursor: str | None = None
+
+
+class PruneReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``prune_runs`` deleted (or, with ``dry_run``, would delete)."""
+
+    runs: int
+    step_runs: int
+    attempts: int
+    by_status: dict[RunStatus, int]
+    dry_run: bool

@@ -15,6 +15,9 @@ import pytest
 import squidmesh
 from squidmesh import (
     AttemptNotFound,
+    IdempotencyConflict,
+    InvalidArgument,
+    InvalidCursor,
     InvalidPayload,
     InvalidRun,
     InvalidTransition,
@@ -25,6 +28,7 @@ from squidmesh import (
     SquidMeshError,
     StepRunNotFound,
     UnknownStatus,
+    VersionConflict,
     WorkflowDefinitionError,
     state_machine,
 )
@@ -60,6 +64,30 @@ CASES: list[tuple[SquidMeshError, tuple[type, ...], dict[str, object], tuple[str
         (),
         {"version": "0002_hardening", "reason": "role 'app' may not apply it: permission denied"},
         ("0002_hardening", "permission denied"),
+    ),
+    (
+        IdempotencyConflict("billing.invoice_reminder", "order-7", RUN_ID),
+        (),
+        {"workflow": "billing.invoice_reminder", "idempotency_key": "order-7", "run_id": RUN_ID},
+        ("'order-7'", "'billing.invoice_reminder'", str(RUN_ID), "new key"),
+    ),
+    (
+        VersionConflict(RUN_ID, 3, 5),
+        (),
+        {"run_id": RUN_ID, "expected": 3, "actual": 5},
+        (str(RUN_ID), "version 5", "not 3", "re-read"),
+    ),
+    (
+        InvalidCursor("abc"),
+        (ValueError,),
+        {"cursor": "abc"},
+        ("'abc'", "next_cursor"),
+    ),
+    (
+        InvalidArgument("limit", "must be an int from 1 to 1000, not 0"),
+        (ValueError,),
+        {"name": "limit", "reason": "must be an int from 1 to 1000, not 0"},
+        ("invalid limit", "1 to 1000"),
     ),
     (
         InvalidWorkflow("billing.nope"),
