@@ -18,7 +18,7 @@ _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 def sql_root() -> Traversable:
-    """The directory holding the migrations and ``queries/``."""
+    """The directory holding ``migrations/``, ``functions/`` and ``queries/``."""
     packaged = resources.files("squidmesh").joinpath("sql")
     if packaged.is_dir():
         return packaged
@@ -31,11 +31,16 @@ def sql_root() -> Traversable:
     )
 
 
-def migrations() -> list[tuple[str, str]]:
-    """``(version, sql)`` for each ``NNNN_name.sql`` file, in order."""
-    root = sql_root()
+def migrations(root: Traversable | None = None) -> list[tuple[str, str]]:
+    """``(version, sql)`` for each ``migrations/NNNN_name.sql`` file, in order.
+
+    Args:
+        root: the SQL directory to read (default: :func:`sql_root`); tests
+            pass a directory of throwaway migrations.
+    """
+    directory = (root or sql_root()).joinpath("migrations")
     files = sorted(
-        (f for f in root.iterdir() if re.match(r"^\d{4}_\w+\.sql$", f.name)),
+        (f for f in directory.iterdir() if re.match(r"^\d{4}_\w+\.sql$", f.name)),
         key=lambda f: f.name,
     )
     return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]

@@ -63,29 +63,39 @@ def test_demo_tour_runs(dsn: str) -> None:
 
 async def test_readme_sql_for_migrations_applied_by_hand(pg_admin_dsn: str) -> None:
     """Apply the files by hand as the README says, record them with its SQL,
-    and squidmesh.migrate() then finds nothing to do."""
+    and squidmesh.migrate() then only records checksums and runs the function
+    files once more; after that it finds nothing to do."""
     import uuid
 
     import asyncpg
 
     import squidmesh
-    from squidmesh._sql import migrations
+    from squidmesh._migrate import load_scripts
+    from squidmesh._sql import sql_root
     from squidmesh.testing import create_database, drop_database
 
     text = README.read_text(encoding="utf-8").split("## Schema and migrations", 1)[1]
     match = re.search(r"```sql\n(.*?)```", text, re.DOTALL)
     assert match, "README's migrations section has no sql block"
+    scripts = load_scripts(sql_root())
+    assert all(m.transactional for m in scripts.migrations)
     name = f"r_{uuid.uuid4().hex}"
     dsn = await create_database(pg_admin_dsn, name)
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            for _, sql in migrations():
+            files = [m.sql for m in scripts.migrations] + [r.sql for r in scripts.repeatables]
+            for sql in files:
                 async with conn.transaction():
                     await conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
                     await conn.execute(sql)
             await conn.execute(match.group(1))
+            assert await squidmesh.migrate(conn) == [r.name for r in scripts.repeatables]
             assert await squidmesh.migrate(conn) == []
+            recorded = await conn.fetch("SELECT version, checksum FROM squidmesh.schema_migrations")
+            assert {r["version"]: r["checksum"] for r in recorded} == {
+                m.version: m.checksum for m in scripts.migrations
+            }
         finally:
             await conn.close()
     finally:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import typing
 from pathlib import Path
 
 import pytest
 
-from squidmesh import Step, _sql, _types, state_machine
+from squidmesh import MigrationError, Step, _sql, _types, state_machine
+from squidmesh._migrate import NO_TRANSACTION, checksum, load_scripts, split_statements
 from squidmesh._sql import Q, load_queries, migrations, parse_queries
 
 ROOT = Path(__file__).resolve().parents[2] / "sql"
 QUERY_FILES = sorted((ROOT / "queries").glob("*.sql"))
-MIGRATION_FILES = sorted(ROOT.glob("*.sql"))
+MIGRATION_FILES = sorted((ROOT / "migrations").glob("*.sql"))
+FUNCTION_FILES = sorted((ROOT / "functions").glob("*.sql"))
 MIGRATION = "\n".join(p.read_text(encoding="utf-8") for p in MIGRATION_FILES)
 NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -34,7 +37,9 @@ def _check_list(table: str) -> list[str]:
 
 def test_files_exist() -> None:
     assert QUERY_FILES, "sql/queries/*.sql is empty"
-    assert MIGRATION_FILES, "sql/NNNN_*.sql is empty"
+    assert MIGRATION_FILES, "sql/migrations/NNNN_*.sql is empty"
+    assert FUNCTION_FILES, "sql/functions/*.sql is empty"
+    assert not list(ROOT.glob("*.sql")), "migrations live in sql/migrations/"
     for path in MIGRATION_FILES:
         assert re.fullmatch(r"\d{4}_\w+\.sql", path.name), path.name
 
@@ -46,6 +51,189 @@ def test_loader_finds_the_checkout_files() -> None:
     for (version, sql), path in zip(migrations(), MIGRATION_FILES, strict=True):
         assert version == path.stem
         assert sql == path.read_text(encoding="utf-8")
+    scripts = load_scripts(root)
+    assert [m.version for m in scripts.migrations] == [p.stem for p in MIGRATION_FILES]
+    assert [r.name for r in scripts.repeatables] == [f"functions/{p.stem}" for p in FUNCTION_FILES]
+    for r, path in zip(scripts.repeatables, FUNCTION_FILES, strict=True):
+        assert r.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- migrations are immutable, functions are repeatable -------------------------------
+
+# The SHA-256 of every migration a database may have applied. Editing one of
+# these files makes migrate() refuse every database that applied it: change the
+# schema in a new numbered migration instead (and add its checksum here once
+# it is released).
+RELEASED = {
+    "0001_initial": "65ea09f8076db6623d34fe7336c46899e32a1e9a769004d721b93636cc39307b",
+    "0002_hardening": "64debbaddf124a200996d6d4c0e744dd1172573c2891094ea5576ac83e9e45d6",
+}
+
+
+@pytest.mark.parametrize("version", sorted(RELEASED))
+def test_released_migrations_are_unchanged(version: str) -> None:
+    path = ROOT / "migrations" / f"{version}.sql"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == RELEASED[version], (
+        f"{path.name} was applied by existing databases and must not change; "
+        "put the change in a new migration"
+    )
+    assert checksum(path.read_text(encoding="utf-8")) == RELEASED[version]
+
+
+def test_the_vendored_release_file_is_the_shipped_migration() -> None:
+    vendored = ROOT.parent / "tests/integration/data/release_5351f03/0001_initial.sql"
+    assert vendored.read_bytes() == (ROOT / "migrations/0001_initial.sql").read_bytes()
+
+
+def _created_functions(text: str) -> set[str]:
+    code = _strip_comments(text)
+    return set(re.findall(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(squidmesh\.\w+)", code))
+
+
+@pytest.mark.parametrize("path", FUNCTION_FILES, ids=lambda p: p.name)
+def test_a_function_file_holds_create_or_replace_function_only(path: Path) -> None:
+    statements = split_statements(path.read_text(encoding="utf-8"))
+    assert statements
+    for statement in statements:
+        code = _strip_comments(statement).strip()
+        assert re.match(r"CREATE\s+OR\s+REPLACE\s+FUNCTION\s+squidmesh\.\w+\(", code), (
+            f"{path.name}: a function file re-runs whenever it changes, so it holds only "
+            f"CREATE OR REPLACE FUNCTION squidmesh.<name>(...); got {code[:60]!r}"
+        )
+
+
+def test_every_function_a_migration_created_has_its_current_body_in_a_function_file() -> None:
+    in_migrations = set().union(
+        *(_created_functions(p.read_text(encoding="utf-8")) for p in MIGRATION_FILES)
+    )
+    in_files = set().union(
+        *(_created_functions(p.read_text(encoding="utf-8")) for p in FUNCTION_FILES)
+    )
+    assert in_migrations <= in_files
+    assert in_files == {
+        "squidmesh.utc_iso",
+        "squidmesh.run_json",
+        "squidmesh.attempt_json",
+        "squidmesh.step_run_json",
+        "squidmesh.cancel_run",
+        "squidmesh.stamp_updated_at",
+    }
+
+
+def test_a_function_file_calls_only_functions_of_files_sorted_before_it() -> None:
+    """A SQL-standard body (RETURN ...) resolves its calls when it is created,
+    so on a fresh database a callee must exist before its caller."""
+    defined: set[str] = set()
+    for path in FUNCTION_FILES:
+        for statement in split_statements(path.read_text(encoding="utf-8")):
+            code = _strip_comments(statement)
+            (name,) = _created_functions(code)
+            if re.search(r"\bLANGUAGE\s+sql\b", code) and "RETURN" in code:
+                body = code.split("RETURN", 1)[1]
+                called = set(re.findall(r"(squidmesh\.\w+)\s*\(", body)) - {name}
+                assert called <= defined, f"{path.name}: {name} calls {called - defined} first"
+            defined.add(name)
+
+
+def test_the_trigger_stays_in_the_migrations() -> None:
+    # A trigger belongs to its table: schema, not a repeatable function body.
+    assert not any("CREATE TRIGGER" in p.read_text(encoding="utf-8") for p in FUNCTION_FILES)
+    assert "CREATE TRIGGER runs_stamp_updated_at" in MIGRATION
+
+
+def _write(root: Path, files: dict[str, str | bytes]) -> Path:
+    (root / "migrations").mkdir(parents=True)
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return root
+
+
+def test_load_scripts_reads_the_no_transaction_header(tmp_path: Path) -> None:
+    root = _write(
+        tmp_path,
+        {
+            "migrations/0001_a.sql": "CREATE TABLE a ();\n",
+            "migrations/0002_b.sql": f"{NO_TRANSACTION}\nCREATE INDEX CONCURRENTLY b ON a ();\n",
+            "migrations/notes.txt": "not SQL, not a migration",
+            "functions/f.sql": "CREATE OR REPLACE FUNCTION f() RETURNS int RETURN 1;\n",
+        },
+    )
+    scripts = load_scripts(root)
+    assert [(m.version, m.transactional) for m in scripts.migrations] == [
+        ("0001_a", True),
+        ("0002_b", False),
+    ]
+    assert [r.name for r in scripts.repeatables] == ["functions/f"]
+
+
+def test_load_scripts_without_a_functions_directory(tmp_path: Path) -> None:
+    root = _write(tmp_path, {"migrations/0001_a.sql": "SELECT 1;\n"})
+    assert load_scripts(root).repeatables == []
+
+
+def test_checksums_ignore_crlf_line_endings(tmp_path: Path) -> None:
+    text = "-- a\nCREATE TABLE a ();\n"
+    lf = load_scripts(_write(tmp_path / "lf", {"migrations/0001_a.sql": text}))
+    crlf = load_scripts(
+        _write(tmp_path / "crlf", {"migrations/0001_a.sql": text.replace("\n", "\r\n").encode()})
+    )
+    assert lf.migrations[0].checksum == crlf.migrations[0].checksum == checksum(text)
+
+
+@pytest.mark.parametrize(
+    ("files", "complaint"),
+    [
+        ({"migrations/0003-add-index.sql": "SELECT 1;"}, "not named NNNN_description.sql"),
+        ({"migrations/003_a.sql": "SELECT 1;"}, "not named NNNN_description.sql"),
+        ({"migrations/0001_a.sql": "-- squidmesh: no-transactions\nSELECT 1;"}, "unknown"),
+        ({"migrations/0001_a.sql": f"-- header\n{NO_TRANSACTION}\nSELECT 1;"}, "first line"),
+        ({"functions/f.sql": f"{NO_TRANSACTION}\nSELECT 1;"}, "takes no directive"),
+    ],
+)
+def test_load_scripts_refuses_what_would_silently_misbehave(
+    tmp_path: Path, files: dict[str, str | bytes], complaint: str
+) -> None:
+    with pytest.raises(MigrationError, match=complaint):
+        load_scripts(_write(tmp_path, files))
+
+
+@pytest.mark.parametrize(
+    ("sql", "statements"),
+    [
+        ("SELECT 1; SELECT 2;", ["SELECT 1;", "SELECT 2;"]),
+        ("SELECT 1", ["SELECT 1"]),
+        ("-- only a comment; really\n\n", []),
+        ("SELECT 1;\n-- trailing; comment\n", ["SELECT 1;"]),
+        (";;SELECT 1;;", ["SELECT 1;"]),
+        ("SELECT ';', 'it''s;';", ["SELECT ';', 'it''s;';"]),
+        ("SELECT E'\\';', 2;", ["SELECT E'\\';', 2;"]),
+        ("SELECT 'a\\'; SELECT 2;", ["SELECT 'a\\';", "SELECT 2;"]),
+        ('SELECT 1 AS "a;b";', ['SELECT 1 AS "a;b";']),
+        ("SELECT /* a; /* nested; */ b; */ 1;", ["SELECT /* a; /* nested; */ b; */ 1;"]),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;"
+            " SELECT 2;",
+            [
+                "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;",
+                "SELECT 2;",
+            ],
+        ),
+        ("SELECT $tag$ $$; $tag$;", ["SELECT $tag$ $$; $tag$;"]),
+        ("SELECT a$b; SELECT $1;", ["SELECT a$b;", "SELECT $1;"]),
+        (
+            f"{NO_TRANSACTION}\nDROP INDEX CONCURRENTLY IF EXISTS i;\n"
+            "CREATE INDEX CONCURRENTLY i ON t (c);\n",
+            [
+                f"{NO_TRANSACTION}\nDROP INDEX CONCURRENTLY IF EXISTS i;",
+                "CREATE INDEX CONCURRENTLY i ON t (c);",
+            ],
+        ),
+    ],
+)
+def test_split_statements(sql: str, statements: list[str]) -> None:
+    assert split_statements(sql) == statements
 
 
 @pytest.mark.parametrize("path", QUERY_FILES, ids=lambda p: p.name)
