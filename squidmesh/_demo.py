@@ -227,7 +227,7 @@ def _database(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from .testing import EmbeddedPostgres
+    from .testing._server import EmbeddedPostgres
 
     print(f"{_DIM}starting an embedded PostgreSQL (set SQUIDMESH_DSN to use yours){_RESET}")
     with EmbeddedPostgres() as server:

@@ -1,7 +1,7 @@
 """Concurrency tests: several connections on one real PostgreSQL database.
 
-They reuse the fixtures of ``tests/_fixtures.py`` (``dsn``, ``pool``,
-``store``, ``events``...), so each test still gets its own database.
+They reuse the fixtures of ``tests/conftest.py`` (``dsn``, ``pool``,
+``store``, ``events``...), so no test sees another's rows.
 """
 
 from __future__ import annotations

@@ -20,8 +20,7 @@ import asyncpg
 import pytest
 
 from squidmesh import Run, RunStatus, RunStore
-from squidmesh.testing import create_database, drop_database
-from tests.concurrency.test_row_locks import wait_until_blocked
+from squidmesh.testing import create_database, drop_database, wait_until_blocked
 from tests.integration.test_migrate import _cli
 from tests.integration.workflows import INVOICE_REMINDER, WORKFLOWS
 
@@ -75,7 +74,7 @@ async def _hold_and_change(
     try:
         await holder.execute(lock_sql, *args)
         task = asyncio.ensure_future(call)
-        await wait_until_blocked(monitor, holder.get_server_pid())
+        await wait_until_blocked(monitor, blocked_by=holder.get_server_pid())
         await holder.execute(change_sql, *args)
     except BaseException:
         await transaction.rollback()
@@ -185,7 +184,7 @@ async def test_begin_step_returns_the_step_run_a_competitor_committed(
             run.id,
         )
         task = asyncio.ensure_future(strict_store.begin_step(run.id, "load_invoice"))
-        await wait_until_blocked(monitor, holder.get_server_pid())
+        await wait_until_blocked(monitor, blocked_by=holder.get_server_pid())
     except BaseException:
         await transaction.rollback()
         raise

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from squidmesh import Run, RunStatus, RunStore, RunTransitioned, progress
+from squidmesh.testing import wait_until_blocked
 
 S = RunStatus
 TIMEOUT_S = 60
@@ -43,18 +44,6 @@ async def enqueue(conn: Any, run: Run) -> None:
 
 def next_step(run: Run) -> dict[str, Any]:
     return {"context": {"steps": run.context.get("steps", 0) + 1}}
-
-
-async def wait_until_blocked(pool: asyncpg.Pool, count: int) -> None:
-    """Poll until ``count`` backends of this database wait on a lock."""
-    while True:
-        waiting = await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def new_run(store: RunStore, events: list[Any]) -> Run:
@@ -101,7 +90,7 @@ async def test_second_worker_waits_then_only_dispatches(
         task_a = asyncio.create_task(store.progress_run(run.id, next_step, op))
         await first_inside.wait()
         task_b = asyncio.create_task(store.progress_run(run.id, next_step, op))
-        await wait_until_blocked(pool, 1)
+        await wait_until_blocked(pool, timeout=TIMEOUT_S)
         assert len(calls) == 1  # B is queued on the lock, not dispatching
         release_first.set()
         result_a, result_b = await asyncio.gather(task_a, task_b)
@@ -140,7 +129,7 @@ async def test_failed_step_is_taken_again_by_the_waiting_worker(
         task_a = asyncio.create_task(store.progress_run(run.id, next_step, op))
         await first_inside.wait()
         task_b = asyncio.create_task(store.progress_run(run.id, next_step, op))
-        await wait_until_blocked(pool, 1)
+        await wait_until_blocked(pool, timeout=TIMEOUT_S)
         release_first.set()
         result_a, result_b = await asyncio.gather(task_a, task_b, return_exceptions=True)
 

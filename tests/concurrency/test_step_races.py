@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from squidmesh import RunStore, StepAttempt, StepRun
+from squidmesh.testing import wait_until_blocked
 
 T = TypeVar("T")
 LIMIT = 30.0  # seconds; generous, only there to turn a hang into a failure
@@ -22,23 +23,6 @@ LIMIT = 30.0  # seconds; generous, only there to turn a hang into a failure
 
 async def bounded(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, LIMIT)
-
-
-async def wait_until_blocked(observer: asyncpg.Connection, count: int) -> None:
-    """Poll until ``count`` other backends of this database wait on a lock."""
-
-    async def poll() -> None:
-        while True:
-            waiting = await observer.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.01)  # a poll interval, not synchronisation
-
-    await bounded(poll())
 
 
 @pytest.fixture
@@ -90,7 +74,7 @@ async def test_begin_step_waits_for_a_racing_insert_and_returns_it(
             run_id,
         )
         task = asyncio.create_task(store.begin_step(run_id, "load_invoice", {"from": "us"}))
-        await wait_until_blocked(observer, 1)
+        await wait_until_blocked(observer, count=1, timeout=LIMIT)
         assert not task.done()
     except BaseException:
         await tx.rollback()
@@ -118,7 +102,7 @@ async def test_begin_step_after_a_racing_insert_rolls_back_creates_its_own(
             run_id,
         )
         task = asyncio.create_task(store.begin_step(run_id, "load_invoice", {"from": "us"}))
-        await wait_until_blocked(observer, 1)
+        await wait_until_blocked(observer, count=1, timeout=LIMIT)
     finally:
         await tx.rollback()
     result = await bounded(task)
@@ -166,7 +150,7 @@ async def test_begin_attempt_behind_a_lock_holder_counts_its_attempt(
             step_run.id,
         )
         tasks = [asyncio.create_task(store.begin_attempt(step_run.id)) for _ in range(5)]
-        await wait_until_blocked(observer, 5)
+        await wait_until_blocked(observer, count=5, timeout=LIMIT)
         assert not any(t.done() for t in tasks)
     except BaseException:
         await tx.rollback()
@@ -195,7 +179,7 @@ async def test_pause_run_waits_for_the_run_lock(
     try:
         await holder.execute("SELECT 1 FROM squidmesh.runs WHERE id = $1 FOR UPDATE", run_id)
         task = asyncio.create_task(store.pause_run(run_id, step_run.id, attempt.id, {}))
-        await wait_until_blocked(observer, 1)
+        await wait_until_blocked(observer, count=1, timeout=LIMIT)
         await holder.execute(
             "UPDATE squidmesh.runs SET status = 'cancelling' WHERE id = $1", run_id
         )

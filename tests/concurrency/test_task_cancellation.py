@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
 import pytest
 
 from squidmesh import RunStatus, RunStore
+from squidmesh.testing import wait_until_blocked, wait_until_not_blocked
 from tests.integration.workflows import INVOICE_REMINDER
 
 TIMEOUT_S = 30
-
-
-async def _blocked_on(monitor: asyncpg.Connection, holder_pid: int) -> int:
-    row = await monitor.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND $1 = ANY(pg_blocking_pids(pid))",
-        holder_pid,
-    )
-    return int(row)
-
-
-async def _poll(check: Callable[[], Awaitable[bool]]) -> None:
-    async def loop() -> None:
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(loop(), timeout=TIMEOUT_S)
 
 
 async def _snapshot(pool: asyncpg.Pool, run_id: uuid.UUID) -> str:
@@ -79,14 +61,14 @@ async def test_cancelled_while_waiting_for_the_lock(
     holder_pid = holder.get_server_pid()
 
     task = asyncio.create_task(OPERATIONS[operation](store, run.id))
-    await _poll(lambda: _check_blocked(monitor, holder_pid))
+    await wait_until_blocked(monitor, blocked_by=holder_pid, timeout=TIMEOUT_S)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=TIMEOUT_S)
     assert task.cancelled()
     # The server-side statement must be gone too before the lock is released,
     # or it would go on to write once the holder lets go.
-    await _poll(lambda: _check_not_blocked(monitor, holder_pid))
+    await wait_until_not_blocked(monitor, blocked_by=holder_pid, timeout=TIMEOUT_S)
 
     if holder_ends == "commit":
         await transaction.commit()
@@ -96,14 +78,6 @@ async def test_cancelled_while_waiting_for_the_lock(
     assert await _snapshot(pool, run.id) == before
     assert events == []
     await _assert_pool_healthy(store, pool, run.id)
-
-
-async def _check_blocked(monitor: asyncpg.Connection, holder_pid: int) -> bool:
-    return await _blocked_on(monitor, holder_pid) >= 1
-
-
-async def _check_not_blocked(monitor: asyncpg.Connection, holder_pid: int) -> bool:
-    return await _blocked_on(monitor, holder_pid) == 0
 
 
 async def _assert_pool_healthy(store: RunStore, pool: asyncpg.Pool, run_id: uuid.UUID) -> None:
@@ -142,11 +116,11 @@ async def test_timeout_while_waiting_is_a_cancellation_too(
         await holder.fetchval("SELECT 1 FROM squidmesh.runs WHERE id = $1 FOR UPDATE", run.id)
         before = await _snapshot(pool, run.id)
         task = asyncio.create_task(store.cancel_run(run.id))
-        await _poll(lambda: _check_blocked(monitor, holder.get_server_pid()))
+        await wait_until_blocked(monitor, blocked_by=holder.get_server_pid(), timeout=TIMEOUT_S)
         # wait_for cancels the inner task when its timeout (here: none left) expires.
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(task, timeout=0)
         assert task.cancelled()
-        await _poll(lambda: _check_not_blocked(monitor, holder.get_server_pid()))
+        await wait_until_not_blocked(monitor, blocked_by=holder.get_server_pid(), timeout=TIMEOUT_S)
     assert await _snapshot(pool, run.id) == before
     await _assert_pool_healthy(store, pool, run.id)

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from squidmesh import Run, RunStatus, RunStore, StepFailed
-from tests.concurrency.test_row_locks import wait_until_blocked
+from squidmesh.testing import wait_until_blocked
 from tests.integration.workflows import INVOICE_REMINDER
 
 TIMEOUT_S = 30
@@ -52,7 +52,7 @@ async def test_a_write_that_waited_for_the_lock_is_stamped_after_the_wait(
     try:
         await holder.execute("SELECT 1 FROM squidmesh.runs WHERE id = $1 FOR UPDATE", run.id)
         task = asyncio.ensure_future(store.update_run(run.id, context={"late": True}))
-        await wait_until_blocked(monitor, holder.get_server_pid())
+        await wait_until_blocked(monitor, blocked_by=holder.get_server_pid())
         await asyncio.sleep(0.3)  # a slow dispatch holding the lock
         released_at = await holder.fetchval("SELECT clock_timestamp()")
     except BaseException:
@@ -78,7 +78,7 @@ async def test_cancel_that_waited_never_reports_a_negative_duration(
     try:
         await holder.execute("SELECT 1 FROM squidmesh.runs WHERE id = $1 FOR UPDATE", run.id)
         task = asyncio.ensure_future(store.cancel_run(run.id))
-        await wait_until_blocked(monitor, holder.get_server_pid())
+        await wait_until_blocked(monitor, blocked_by=holder.get_server_pid())
         # A worker starts an attempt while cancel waits (attempts lock only
         # their step run), well after cancel's transaction began.
         await asyncio.sleep(0.1)

@@ -14,6 +14,9 @@ import squidmesh
 from squidmesh import MigrationError, RunStore
 from tests.integration.workflows import INVOICE_REMINDER, WORKFLOWS
 
+# Grants, revokes and a changed schema_migrations: a database of their own.
+pytestmark = pytest.mark.squidmesh_fresh_db
+
 
 def _as_role(dsn: str, role: str, password: str) -> str:
     parts = urlsplit(dsn)
@@ -73,7 +76,9 @@ async def test_a_pending_migration_without_ddl_rights_names_what_is_missing(
             await app.close()
         assert caught.value.version == last
         message = str(caught.value)
-        assert last in message and "permission denied" in message and "app_" in message
+        assert last in message and "app_" in message
+        # PostgreSQL's own words for the missing right, whichever the file needs first.
+        assert "permission denied" in message or "must be owner" in message
         assert "as a role that owns" in message
         # Nothing of the failed migration stays behind.
         assert (

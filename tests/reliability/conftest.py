@@ -1,7 +1,7 @@
 """Fixtures for the reliability tests.
 
 The database fixtures (``dsn``, ``pool``, ``store``, ``events``) come from
-``tests/_fixtures.py``. This adds a store that also knows ``rel.values``, a
+``tests/conftest.py``. This adds a store that also knows ``rel.values``, a
 workflow whose optional payload fields take every JSON type, and ``tables``,
 a snapshot of every row of the three tables, to prove that a refused call
 left nothing behind.

@@ -21,7 +21,7 @@ import pytest
 
 import squidmesh
 from squidmesh import Run, RunStatus, progress
-from squidmesh.testing import EmbeddedPostgres, create_database
+from squidmesh.testing import EmbeddedPostgres, create_database, wait_until_blocked
 from tests.integration.workflows import WORKFLOWS
 
 from .conftest import snapshot
@@ -60,19 +60,6 @@ async def idle_in_transaction_pid(admin: asyncpg.Connection) -> int:
     assert len(pids) == 1, pids
     pid: int = pids[0][0]
     return pid
-
-
-async def blocked_pid(admin: asyncpg.Connection) -> int:
-    """Poll (bounded) until one backend of this database waits on a lock; return it."""
-    async with asyncio.timeout(20):
-        while True:
-            pid = await admin.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock'"
-            )
-            if pid is not None:
-                return int(pid)
-            await asyncio.sleep(0.01)
 
 
 async def kill(admin: asyncpg.Connection, pid: int) -> None:
@@ -216,7 +203,8 @@ async def test_killed_while_waiting_for_the_row_lock(
             task = asyncio.ensure_future(
                 SINGLE_STATEMENT_CALLS[name](store, run, step_run.id, attempt.id)
             )
-            await kill(admin, await blocked_pid(admin))
+            blocked = await wait_until_blocked(admin, timeout=20)
+            await kill(admin, blocked[0])
             with pytest.raises(CONNECTION_LOST):
                 await task
     finally:

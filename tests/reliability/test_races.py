@@ -33,6 +33,7 @@ from squidmesh import (
     progress,
     state_machine,
 )
+from squidmesh.testing import wait_until_blocked
 
 S = RunStatus
 CANCEL_ERROR = {"message": "run cancelled while paused", "reason": "cancelled"}
@@ -156,19 +157,6 @@ async def test_many_writers_on_the_same_runs(
 # -- deterministic interleavings: cancel vs pause, cancel vs resume ------------------
 
 
-async def wait_until_blocked(conn: asyncpg.Connection, count: int) -> None:
-    """Poll until ``count`` backends of this database wait on a lock (bounded)."""
-    async with asyncio.timeout(20):
-        while True:
-            n = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if n >= count:
-                return
-            await asyncio.sleep(0.01)
-
-
 async def in_order(
     dsn: str,
     run_id: UUID,
@@ -189,9 +177,9 @@ async def in_order(
         await holder.execute("SELECT 1 FROM squidmesh.runs WHERE id = $1 FOR UPDATE", run_id)
         async with asyncio.timeout(30):
             t1 = asyncio.ensure_future(first())
-            await wait_until_blocked(watcher, 1)
+            await wait_until_blocked(watcher, count=1, timeout=20)
             t2 = asyncio.ensure_future(second())
-            await wait_until_blocked(watcher, 2)
+            await wait_until_blocked(watcher, count=2, timeout=20)
             await tx.rollback()
             done: tuple[Any, Any] = await asyncio.gather(t1, t2, return_exceptions=True)
         return done[0], done[1]

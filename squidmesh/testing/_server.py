@@ -1,4 +1,4 @@
-"""PostgreSQL for tests, benchmarks and the demo.
+"""PostgreSQL servers for tests, benchmarks and the demo (private).
 
 :func:`provide_dsn` yields a DSN from the first source that applies:
 
@@ -14,7 +14,8 @@ The embedded server is stopped and its directory removed by ``close()``, by
 an ``atexit`` hook, and, should the Python process die without running
 either (``SIGKILL``, a crashed interpreter), by a small watchdog process that
 notices its parent is gone. :func:`create_database` and :func:`drop_database`
-give each test a fresh database cloned from a migrated template.
+make and remove whole databases; the pytest plugin's per-test databases are
+managed by ``_databases``.
 
 PostgreSQL refuses to run as root, so a root process runs it as the system
 user ``squidmesh_pg`` (created on first use). That user often cannot enter
@@ -44,16 +45,6 @@ from types import TracebackType
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
-
-__all__ = (
-    "EmbeddedPostgres",
-    "create_database",
-    "drop_database",
-    "postgres_bin_dir",
-    "provide_dsn",
-    "quote_ident",
-    "with_database",
-)
 
 #: The system user the embedded server runs as when this process is root
 #: (``initdb`` and ``postgres`` refuse to run as root).
