@@ -6,6 +6,8 @@ Examples::
     python -m benchmarks --quick              # under a minute
     python -m benchmarks --only transition_run --concurrency 16 --runs 20000
     python -m benchmarks --profile transition_run
+    python -m benchmarks --only prune --prune-rows 100000
+    python -m benchmarks --only page_runs --only count_runs_by_status --quick
     python -m benchmarks --json bench.json
 """
 
@@ -20,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness as h
-from . import bench_history, bench_list, bench_ops
+from . import bench_history, bench_list, bench_ops, bench_paging, bench_prune
 
-SUITES = ("history", "list")
+SUITES = ("history", "list", "prune", *bench_paging.PARTS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rows in the list_runs table (default 1,000,000; quick 100,000)",
     )
     parser.add_argument(
+        "--prune-rows",
+        type=int,
+        help="finished runs prune_runs deletes (default 100,000; quick 10,000)",
+    )
+    parser.add_argument(
         "--profile",
         nargs="?",
         const="transition_run",
@@ -74,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.runs = args.runs or (300 if args.quick else 3000)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.list_rows = args.list_rows or (100_000 if args.quick else 1_000_000)
+    args.prune_rows = args.prune_rows or (10_000 if args.quick else 100_000)
     return args
 
 
@@ -89,6 +97,7 @@ async def main(args: argparse.Namespace) -> int:
             "concurrency": args.concurrencies,
             "only": args.only,
             "list_rows": args.list_rows,
+            "prune_rows": args.prune_rows,
             "pool_size": h.POOL_SIZE,
         },
     }
@@ -130,6 +139,22 @@ async def main(args: argparse.Namespace) -> int:
             report["list"] = listing
             print()
             print(bench_list.describe(listing))
+        paging_parts = set(bench_paging.PARTS) & selected if selected else set(bench_paging.PARTS)
+        if paging_parts:
+            # Both parts share one table of --list-rows runs.
+            async with h.fresh_database(admin_dsn, "paging") as dsn:
+                paging = await bench_paging.run(
+                    dsn, args.list_rows, 200 if args.quick else 2000, live, paging_parts
+                )
+            report["paging"] = paging
+            print()
+            print(bench_paging.describe(paging))
+        if not selected or "prune" in selected:
+            async with h.fresh_database(admin_dsn, "prune") as dsn:
+                pruning = await bench_prune.run(dsn, args.prune_rows, live)
+            report["prune"] = pruning
+            print()
+            print(bench_prune.describe(pruning))
     elapsed = time.monotonic() - started
     report["elapsed_s"] = round(elapsed, 1)
     print(f"\nfinished in {elapsed:.0f} s")

@@ -23,7 +23,7 @@ from typing import Any, Final
 import asyncpg
 
 from . import _codec, _queries, state_machine
-from ._errors import InvalidTransition, RunNotFound
+from ._errors import InvalidTransition, RunNotFound, VersionConflict
 from ._events import DispatchEvents, RunCreated, RunReplayed, RunTransitioned
 from ._queries import SQL, Conn
 from ._runs import RunOps
@@ -93,15 +93,21 @@ class ProgressOps:
         self._runs = runs
 
     @contextlib.asynccontextmanager
-    async def _locked(self, run_id: object) -> AsyncIterator[tuple[Conn, Run]]:
+    async def _locked(
+        self, run_id: object, expected: int | None
+    ) -> AsyncIterator[tuple[Conn, Run]]:
         """A READ COMMITTED transaction holding the run's row lock, and the run as read
-        under it. An unparsable id fails before a connection is taken."""
+        under it. An unparsable id fails before a connection is taken; a version
+        other than ``expected`` fails before any caller code runs."""
         uid = run_uuid(run_id)
         async with _queries.transaction(self._pool) as conn:
             text = await _queries.value(conn, SQL.lock_run, uid)
             if text is None:
                 raise RunNotFound(run_id)
-            yield conn, _codec.decode_run(text)
+            run = _codec.decode_run(text)
+            if expected is not None and run.version != expected:
+                raise VersionConflict(run_id, expected, run.version)
+            yield conn, run
 
     # -- creation with a dispatch -------------------------------------------
 
@@ -109,13 +115,20 @@ class ProgressOps:
         self,
         workflow: Workflow | str,
         payload: object,
-        dispatch: DispatchFn,
+        dispatch: DispatchFn | None,
         trigger: str | None,
-    ) -> Outcome:
+        idempotency_key: object,
+    ) -> tuple[Run, list[object], bool]:
+        """(the run, the events, whether it was created now). An existing run of
+        the same idempotency key is returned as stored: no dispatch, no event."""
         async with _queries.transaction(self._pool) as conn:
-            run = await self._runs.insert(conn, workflow, payload, trigger)
-            extra = await _dispatch(conn, dispatch, run)
-        return run, [RunCreated(run=run), *extra]
+            run, created = await self._runs.insert(
+                conn, workflow, payload, trigger, idempotency_key
+            )
+            if not created:
+                return run, [], False
+            extra = [] if dispatch is None else await _dispatch(conn, dispatch, run)
+        return run, [RunCreated(run=run), *extra], True
 
     async def replay_and_dispatch(self, run_id: object, dispatch: DispatchFn) -> Outcome:
         run_uuid(run_id)  # an unparsable id fails before a connection is taken
@@ -132,10 +145,11 @@ class ProgressOps:
         to_status: RunStatus | str,
         changes: RunChanges | Mapping[str, Any] | None,
         dispatch: DispatchFn,
+        expected: int | None,
     ) -> Outcome:
         to = state_machine.coerce_status(to_status)
         writes = field_writes(coerce_changes(changes))
-        async with self._locked(run_id) as (conn, locked):
+        async with self._locked(run_id, expected) as (conn, locked):
             state_machine.validate(locked.status, to)
             run = await RunOps.write(conn, locked.id, to.value, writes)
             extra = await _dispatch(conn, dispatch, run)
@@ -146,6 +160,7 @@ class ProgressOps:
         run_id: object,
         changes_or_fn: RunChanges | Mapping[str, Any] | ChangesFn | None,
         dispatch: DispatchFn,
+        expected: int | None,
     ) -> Outcome:
         changes_fn: ChangesFn | None = None
         given = NO_CHANGES
@@ -153,33 +168,37 @@ class ProgressOps:
             changes_fn = changes_or_fn
         else:
             given = field_writes(coerce_changes(changes_or_fn))
-        async with self._locked(run_id) as (conn, locked):
+        async with self._locked(run_id, expected) as (conn, locked):
             if changes_fn is not None:
                 given = await _computed(changes_fn, locked)
             run = await _write_fields(conn, locked, given)
             extra = await _dispatch(conn, dispatch, run)
         return run, extra
 
-    async def update_with(self, run_id: object, changes_fn: ChangesFn) -> Run:
-        async with self._locked(run_id) as (conn, locked):
+    async def update_with(self, run_id: object, changes_fn: ChangesFn, expected: int | None) -> Run:
+        async with self._locked(run_id, expected) as (conn, locked):
             return await _write_fields(conn, locked, await _computed(changes_fn, locked))
 
     async def transition_with(
-        self, run_id: object, to_status: RunStatus | str, changes_fn: ChangesFn
+        self,
+        run_id: object,
+        to_status: RunStatus | str,
+        changes_fn: ChangesFn,
+        expected: int | None,
     ) -> Outcome:
         to = state_machine.coerce_status(to_status)
-        async with self._locked(run_id) as (conn, locked):
+        async with self._locked(run_id, expected) as (conn, locked):
             state_machine.validate(locked.status, to)  # before any caller code runs
             writes = await _computed(changes_fn, locked)
             run = await RunOps.write(conn, locked.id, to.value, writes)
         return run, [_moved(run, locked.status)]
 
     async def progress(
-        self, run_id: object, changes_fn: ChangesFn, operation: Operation
+        self, run_id: object, changes_fn: ChangesFn, operation: Operation, expected: int | None
     ) -> tuple[Run | None, list[object]]:
         target = _target_status(operation)
         events: list[object] = []
-        async with self._locked(run_id) as (conn, locked):
+        async with self._locked(run_id, expected) as (conn, locked):
             if state_machine.is_terminal(locked.status):
                 return None, []
             if locked.status is RunStatus.CANCELLING:

@@ -21,15 +21,18 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, LiteralString, NoReturn, get_type_hints
 
 import asyncpg
+import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from ._errors import InvalidRun, RunNotFound, StepRunNotFound
+from ._errors import InvalidRun, InvalidTransition, RunNotFound, StepRunNotFound
 from ._sql import load_queries
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 Executor = asyncpg.Pool | Conn
 
 READ_COMMITTED: Final = "read_committed"
+# The SQLSTATE of the runs_write trigger's refusal of an illegal status change.
+ILLEGAL_MOVE: Final = "SQM01"
 
 
 class Queries:
@@ -55,6 +58,9 @@ class Queries:
     cancel_run: LiteralString
     cancel_run_fast: LiteralString
     write_run: LiteralString
+    insert_run_keyed: LiteralString
+    get_run_by_key: LiteralString
+    run_version: LiteralString
     # steps.sql
     begin_step: LiteralString
     schedule_step: LiteralString
@@ -67,6 +73,25 @@ class Queries:
     lock_and_pause_run: LiteralString
     # history.sql
     run_history: LiteralString
+    # retention.sql
+    retention_clock: LiteralString
+    count_prunable_runs: LiteralString
+    lock_and_prune_runs: LiteralString
+    lock_and_prune_runs_waiting: LiteralString
+    cancel_runs: LiteralString
+    cancel_runs_waiting: LiteralString
+    transition_stale_runs: LiteralString
+    transition_stale_runs_waiting: LiteralString
+    # listing.sql
+    select_runs: LiteralString
+    select_runs_by_workflow: LiteralString
+    select_runs_by_trigger: LiteralString
+    select_runs_by_workflow_trigger: LiteralString
+    select_runs_by_replayed_from: LiteralString
+    count_runs: LiteralString
+    count_runs_by_workflow: LiteralString
+    count_runs_by_trigger: LiteralString
+    count_runs_by_workflow_trigger: LiteralString
 
     def __init__(self, texts: Mapping[str, str]) -> None:
         declared = set(get_type_hints(type(self)))
@@ -111,6 +136,11 @@ async def value(ex: Executor, query: LiteralString, *args: object) -> Any:
     return await ex.fetchval(query, *args)
 
 
+async def row(ex: Executor, query: LiteralString, *args: object) -> asyncpg.Record | None:
+    """The first row, or None."""
+    return await ex.fetchrow(query, *args)
+
+
 async def rows(ex: Executor, query: LiteralString, *args: object) -> list[asyncpg.Record]:
     return await ex.fetch(query, *args)
 
@@ -144,6 +174,14 @@ async def write_row(
     return row
 
 
+async def write_rows(
+    ex: Executor, query: LiteralString, *args: object, subject: object = None
+) -> list[asyncpg.Record]:
+    """``write_value`` for a statement whose every row the caller reads."""
+    found: list[asyncpg.Record] = await _write(ex, "fetch", query, args, subject)
+    return found
+
+
 async def _write(
     ex: Executor, method: str, query: LiteralString, args: tuple[object, ...], subject: object
 ) -> Any:
@@ -157,6 +195,13 @@ async def _write(
             return await getattr(conn, method)(query, *args)
     except _DB_ERRORS as exc:
         _raise_translated(exc, subject)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == ILLEGAL_MOVE:
+            # The runs_write trigger refused a status change. squidmesh checks
+            # moves before it writes, so this means a bug or a raw write.
+            moved = msgspec.json.decode(exc.detail or "{}")
+            raise InvalidTransition(moved["from_status"], moved["to_status"]) from exc
+        raise
 
 
 def _in_transaction(ex: Executor) -> bool:

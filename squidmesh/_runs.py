@@ -7,13 +7,22 @@ after commit.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from . import _codec, _queries, state_machine
-from ._errors import InvalidTransition, InvalidWorkflow, RunNotFound
+from ._errors import (
+    IdempotencyConflict,
+    InvalidArgument,
+    InvalidTransition,
+    InvalidWorkflow,
+    RunNotFound,
+    VersionConflict,
+)
 from ._events import RunTransitioned, StepFailed
 from ._ids import uuid7
 from ._payload import build_payload
@@ -49,16 +58,56 @@ class RunOps:
     # -- creation -----------------------------------------------------------
 
     async def insert(
-        self, ex: Executor, workflow: Workflow | str, payload: object, trigger: str | None
-    ) -> Run:
-        """Insert a pending run through a trigger; one INSERT on ``ex``."""
+        self,
+        ex: Executor,
+        workflow: Workflow | str,
+        payload: object,
+        trigger: str | None,
+        idempotency_key: object = None,
+    ) -> tuple[Run, bool]:
+        """Insert a pending run through a trigger; (the run, whether it was created now).
+
+        Without a key: one INSERT on ``ex``. With one: an INSERT that yields
+        to an existing run of the same (workflow, key) (the unique index
+        decides, so concurrent callers race safely), then, when it yielded,
+        the existing run's read and a comparison of fingerprints.
+        """
         wf = self._registry.resolve(workflow)
         trig = wf.trigger(trigger)
         text = _codec.encode(build_payload(trig, payload))
-        row_text = await _queries.write_value(
-            ex, SQL.insert_run, uuid7(), wf.name, trig.name, text, wf.entry_step, None
+        if idempotency_key is None:
+            row_text = await _queries.write_value(
+                ex, SQL.insert_run, uuid7(), wf.name, trig.name, text, wf.entry_step, None
+            )
+            return _codec.decode_run(row_text), True
+        key = check_idempotency_key(idempotency_key)
+        fingerprint = _fingerprint(trig.name, payload)
+        # A run holding the key may be deleted between the two statements
+        # (prune_runs): then the INSERT wins on the next turn.
+        for _ in range(3):
+            row_text = await _queries.write_value(
+                ex,
+                SQL.insert_run_keyed,
+                uuid7(),
+                wf.name,
+                trig.name,
+                text,
+                wf.entry_step,
+                key,
+                fingerprint,
+            )
+            if row_text is not None:
+                return _codec.decode_run(row_text), True
+            found = await _queries.row(ex, SQL.get_run_by_key, wf.name, key)
+            if found is not None:
+                existing, stored_fingerprint = found
+                run = _codec.decode_run(existing)
+                if stored_fingerprint != fingerprint:
+                    raise IdempotencyConflict(wf.name, key, run.id)
+                return run, False
+        raise RuntimeError(  # pragma: no cover - needs a delete racing every turn
+            f"run with idempotency key {key!r} kept vanishing while it was looked up"
         )
-        return _codec.decode_run(row_text)
 
     async def replay(self, ex: Executor, run_id: object) -> Run:
         """Insert a replay of a run; one INSERT ... SELECT on ``ex``."""
@@ -82,29 +131,10 @@ class RunOps:
             raise RunNotFound(run_id)
         return _codec.decode_run(text)
 
-    async def find(
-        self, workflow: Workflow | str | None, status: RunStatus | str | None, limit: int | None
-    ) -> list[Run]:
-        lim = limit if type(limit) is int and 0 < limit <= _MAX_LIMIT else None
-        name: object = workflow.name if isinstance(workflow, Workflow) else workflow
-        if name is not None and (not isinstance(name, str) or _codec.text_problem(name)):
-            return []  # no run can have such a workflow name: inserting it is refused
-        st = None if status is None else state_machine.coerce_status(status).value
-        if name is None and st is None:
-            found = await _queries.rows(self._pool, SQL.list_runs, lim)
-        elif st is None:
-            found = await _queries.rows(self._pool, SQL.list_runs_by_workflow, lim, name)
-        elif name is None:
-            found = await _queries.rows(self._pool, SQL.list_runs_by_status, lim, st)
-        else:
-            found = await _queries.rows(self._pool, SQL.list_runs_by_workflow_status, lim, name, st)
-        decode = _codec.decode_run
-        return [decode(row[0]) for row in found]
-
     # -- state changes ------------------------------------------------------
 
     async def transition(
-        self, run_id: object, to: RunStatus, writes: FieldWrites
+        self, run_id: object, to: RunStatus, writes: FieldWrites, expected: int | None
     ) -> tuple[Run, RunTransitioned]:
         uid = run_uuid(run_id)
         sources = state_machine.sources_of(to)
@@ -112,43 +142,49 @@ class RunOps:
             row = None
             if self._server.fast_paths(conn):
                 row = await _queries.write_row(
-                    conn, SQL.transition_run_fast, uid, to.value, *writes, sources
+                    conn, SQL.transition_run_fast, uid, to.value, *writes, sources, expected
                 )
             if row is None:
                 row = await _queries.write_row(
-                    conn, SQL.transition_run, uid, to.value, *writes, sources
+                    conn, SQL.transition_run, uid, to.value, *writes, sources, expected
                 )
         if row is None:
             raise RunNotFound(run_id)
-        from_status, text = row
+        from_status, version, text = row
         if text is None:
+            _check_version(run_id, expected, version)
             raise InvalidTransition(from_status, to)
         run = _codec.decode_run(text)
         return run, RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=to)
 
-    async def update(self, run_id: object, writes: FieldWrites) -> Run:
+    async def update(self, run_id: object, writes: FieldWrites, expected: int | None) -> Run:
         uid = run_uuid(run_id)
-        text = await _queries.write_value(self._pool, SQL.update_run, uid, *writes)
+        text = await _queries.write_value(self._pool, SQL.update_run, uid, *writes, expected)
         if text is None:
+            if expected is not None:
+                version = await _queries.value(self._pool, SQL.run_version, uid)
+                if version is not None:
+                    _check_version(run_id, expected, version)
             raise RunNotFound(run_id)
         return _codec.decode_run(text)
 
-    async def cancel(self, run_id: object) -> tuple[Run, list[object]]:
+    async def cancel(self, run_id: object, expected: int | None) -> tuple[Run, list[object]]:
         uid = run_uuid(run_id)
         failed_step = attempt_number = duration_s = None
         async with _queries.connection(self._pool) as conn:
             row = None
             if self._server.fast_paths(conn):
-                row = await _queries.write_row(conn, SQL.cancel_run_fast, uid)
+                row = await _queries.write_row(conn, SQL.cancel_run_fast, uid, expected)
             if row is None:
                 row = await _queries.write_row(
-                    conn, SQL.cancel_run, uid, CANCELLED_WHILE_PAUSED_TEXT
+                    conn, SQL.cancel_run, uid, CANCELLED_WHILE_PAUSED_TEXT, expected
                 )
                 if row is None:
                     raise RunNotFound(run_id)
-                failed_step, attempt_number, duration_s = row[2:]
-        from_status, text = row[0], row[1]
+                failed_step, attempt_number, duration_s = row[3:]
+        from_status, version, text = row[0], row[1], row[2]
         if text is None:
+            _check_version(run_id, expected, version)
             raise InvalidTransition(from_status, RunStatus.CANCELLING)
         run = _codec.decode_run(text)
         events: list[object] = [
@@ -175,3 +211,36 @@ class RunOps:
         if text is None:  # the caller holds the lock, so the row cannot vanish
             raise RunNotFound(run_id)
         return _codec.decode_run(text)
+
+
+def check_idempotency_key(value: object) -> str:
+    """An idempotency key as stored: a str of 1 to 255 characters PostgreSQL can hold."""
+    if type(value) is not str or not value or len(value) > 255 or _codec.text_problem(value):
+        raise InvalidArgument(
+            "idempotency_key",
+            "must be a str of 1 to 255 characters with no NUL or lone surrogate,"
+            f" not {value!r:.80}",
+        )
+    return value
+
+
+def check_expected_version(value: object) -> int | None:
+    """``expected_version`` as given: None (no check) or a version number."""
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= _MAX_LIMIT:
+        raise InvalidArgument("expected_version", f"must be None or a positive int, not {value!r}")
+    return value
+
+
+def _check_version(run_id: object, expected: int | None, actual: int) -> None:
+    """The version check comes first: a stale caller learns that before legality."""
+    if expected is not None and actual != expected:
+        raise VersionConflict(run_id, expected, actual)
+
+
+def _fingerprint(trigger: str, payload: object) -> str:
+    """What an idempotent creation is compared on: the trigger and the payload as the
+    caller gave it (before defaults), canonically (key order does not matter)."""
+    canonical = msgspec.json.encode([trigger, payload], order="sorted")
+    return hashlib.sha256(canonical).hexdigest()

@@ -18,7 +18,14 @@ import asyncpg
 import msgspec
 
 from . import _codec, _queries, state_machine
-from ._errors import AttemptNotFound, InvalidRun, InvalidTransition, RunNotFound, StepRunNotFound
+from ._errors import (
+    AttemptNotFound,
+    InvalidRun,
+    InvalidTransition,
+    RunNotFound,
+    StepRunNotFound,
+    VersionConflict,
+)
 from ._events import RunTransitioned, StepFailed
 from ._ids import parse_id, uuid7
 from ._queries import SQL
@@ -192,6 +199,7 @@ class StepOps:
         step_run_id: object,
         attempt_id: object | None,
         changes: RunChanges | Mapping[str, Any] | None,
+        expected: int | None,
     ) -> tuple[PauseResult, list[object]]:
         writes = field_writes(coerce_changes(changes))
         uid = run_uuid(run_id)
@@ -206,6 +214,7 @@ class StepOps:
             _PAUSE_SOURCES,
             *writes,
             CANCELLED_WHILE_PAUSED_TEXT,
+            expected,
         )
         if row is None:
             raise RunNotFound(run_id)
@@ -215,6 +224,8 @@ class StepOps:
             raise AttemptNotFound(attempt_id)
         from_status = RunStatus(row["from_status"])
         branch = row["branch"]
+        if branch == "conflict" and expected is not None:
+            raise VersionConflict(run_id, expected, row["version"])
         if branch == "illegal":
             raise InvalidTransition(from_status, RunStatus.PAUSED)
         run = _codec.decode_run(row["run"])

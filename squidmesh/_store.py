@@ -2,8 +2,9 @@
 
 The parts (one module each): the workflow registry (``_registry``), the event
 bus (``_events``), and the operations grouped by concern: runs (``_runs``),
-steps (``_steps``), the history read (``_history``) and transactional
-progression (``_progress``), all of which reach PostgreSQL only through the
+listing and counting (``_listing``), steps (``_steps``), the history read
+(``_history``), transactional progression (``_progress``) and operations on
+many runs (``_retention``), all of which reach PostgreSQL only through the
 query layer (``_queries``). An operation returns what it wrote and the events
 to report; the facade reports them after commit.
 """
@@ -11,9 +12,12 @@ to report; the facade reports them after commit.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from msgspec import UNSET, UnsetType
@@ -22,17 +26,21 @@ from . import state_machine
 from ._errors import RunNotFound
 from ._events import EventBus, Listener, RunCreated, RunReplayed
 from ._history import HistoryOps
+from ._listing import ListingOps
 from ._progress import ProgressOps
 from ._queries import SQL, ServerFeatures
 from ._registry import Registry
-from ._runs import RunOps
+from ._retention import RetentionOps
+from ._runs import RunOps, check_expected_version
 from ._steps import StepOps
 from ._types import (
     JSONMap,
     PauseResult,
+    PruneReport,
     Run,
     RunAuditEvent,
     RunChanges,
+    RunPage,
     RunStatus,
     StepAttempt,
     StepRun,
@@ -86,6 +94,8 @@ class RunStore:
         self._steps = StepOps(pool, self._registry)
         self._history = HistoryOps(pool, self._registry)
         self._progress = ProgressOps(pool, self._runs)
+        self._retention = RetentionOps(pool)
+        self._listing = ListingOps(pool)
         self._closed = False
 
     @classmethod
@@ -163,7 +173,12 @@ class RunStore:
     # -- creation -------------------------------------------------------
 
     async def create_run(
-        self, workflow: Workflow | str, payload: object, *, trigger: str | None = None
+        self,
+        workflow: Workflow | str,
+        payload: object,
+        *,
+        trigger: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Run:
         """Create a pending run through a trigger (the default one when None).
 
@@ -173,15 +188,59 @@ class RunStore:
         ``workflow`` is a registered workflow's name, or a ``Workflow``
         (used as given, registered or not).
 
+        With an ``idempotency_key`` (unique per workflow, 1 to 255
+        characters), a second call with the same key and the same trigger and
+        payload (as given, before defaults; key order does not matter)
+        returns the run the first call created, as it is stored now, writes
+        nothing and reports no event; the same key with another trigger or
+        payload raises ``IdempotencyConflict``. Concurrent calls race safely
+        (a unique index decides). ``get_or_create_run`` also says which
+        happened.
+
         Raises:
             InvalidWorkflow: no workflow of that name is registered.
             InvalidTrigger: the workflow declares no such trigger.
             InvalidPayload: the payload is not a map or does not match the trigger.
             InvalidRun: the payload is larger than squidmesh stores (64 MiB encoded).
+            IdempotencyConflict: the key was used with another trigger or payload.
+            InvalidArgument: the key is not a str of 1 to 255 storable characters.
         """
-        run = await self._runs.insert(self._pool, workflow, payload, trigger)
-        await self._bus.emit((RunCreated(run=run),))
+        run, created = await self._runs.insert(
+            self._pool, workflow, payload, trigger, idempotency_key
+        )
+        if created:
+            await self._bus.emit((RunCreated(run=run),))
         return run
+
+    async def get_or_create_run(
+        self,
+        workflow: Workflow | str,
+        payload: object,
+        *,
+        idempotency_key: str,
+        trigger: str | None = None,
+        dispatch: DispatchFn | None = None,
+    ) -> tuple[Run, bool]:
+        """Create a run under an idempotency key, or return the one that key made.
+
+        Returns ``(run, created)``: ``created`` is True when this call created
+        the run (an HTTP layer answers 201), False when an earlier call with
+        the same key, trigger and payload did (200; the run as stored now,
+        nothing written, no event, no dispatch). With ``dispatch``, the
+        creation and ``dispatch(conn, run)`` share one transaction as in
+        ``create_and_dispatch_run``.
+
+        Raises:
+            IdempotencyConflict: the key was used with another trigger or payload.
+            InvalidArgument: the key is not a str of 1 to 255 storable characters.
+            InvalidWorkflow, InvalidTrigger, InvalidPayload, InvalidRun: as
+                for ``create_run``.
+        """
+        run, events, created = await self._progress.create_and_dispatch(
+            workflow, payload, dispatch, trigger, idempotency_key
+        )
+        await self._bus.emit(events)
+        return run, created
 
     async def replay_run(self, run_id: object) -> Run:
         """Create a new pending run with the source's workflow, trigger and payload.
@@ -205,6 +264,7 @@ class RunStore:
         dispatch: DispatchFn,
         *,
         trigger: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Run:
         """Create a pending run and call ``dispatch(conn, run)`` in the same transaction.
 
@@ -217,12 +277,18 @@ class RunStore:
         the transaction: keep it short, never commit or change session state
         (rules in ``squidmesh.progress``).
 
+        With an ``idempotency_key``, a repeated call (same key, trigger and
+        payload) returns the existing run without dispatching again and
+        without events; see ``create_run``.
+
         Raises:
             InvalidWorkflow: the workflow is not registered.
             InvalidTrigger: the workflow declares no such trigger.
             InvalidPayload: the payload is not a map or does not match the trigger.
         """
-        run, events = await self._progress.create_and_dispatch(workflow, payload, dispatch, trigger)
+        run, events, _ = await self._progress.create_and_dispatch(
+            workflow, payload, dispatch, trigger, idempotency_key
+        )
         await self._bus.emit(events)
         return run
 
@@ -266,21 +332,144 @@ class RunStore:
         self,
         *,
         workflow: Workflow | str | None = None,
-        status: RunStatus | str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        trigger: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        replayed_from: UUID | str | None = None,
         limit: int | None = None,
     ) -> list[Run]:
         """List runs newest first (inserted_at, then id, descending).
 
-        Each filter combination has its own index-backed query. ``limit`` is
-        a positive int; anything else (None, zero, a negative number, a bool,
-        an int past 2**63 - 1) means no limit. Each run arrives as its own
-        row, so a list is bounded by the client's memory, not by PostgreSQL's
-        1 GB limit on one value.
+        One statement, no lock. The filters are those of ``page_runs``.
+        ``limit`` is a positive int; anything else (None, zero, a negative
+        number, a bool, an int past 2**63 - 1) means no limit. Each run
+        arrives as its own row, so a list is bounded by the client's memory,
+        not by PostgreSQL's 1 GB limit on one value. Without a limit every
+        matching run is read in one statement; walk a large set with
+        ``page_runs`` instead.
 
         Raises:
-            UnknownStatus: ``status`` is not one of the eight states.
+            UnknownStatus: a status is not one of the eight states.
+            InvalidArgument: ``created_after`` or ``created_before`` is not a
+                timezone-aware datetime.
         """
-        return await self._runs.find(workflow, status, limit)
+        return await self._listing.find(
+            workflow=workflow,
+            status=status,
+            trigger=trigger,
+            created_after=created_after,
+            created_before=created_before,
+            replayed_from=replayed_from,
+            limit=limit,
+        )
+
+    async def page_runs(
+        self,
+        *,
+        workflow: Workflow | str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        trigger: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        replayed_from: UUID | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Read one page of runs, newest first (inserted_at, then id, descending).
+
+        One statement, no lock; each filter combination is served by an
+        index (see ``sql/migrations/0004_listing_indexes.sql``). Pages are
+        keyset-paginated: pass ``page.next_cursor`` back as ``cursor``, with
+        the same filters, for the next page; it is None on the last page.
+        A page continues strictly after the last run of the one before, so
+        walking every page while others insert returns each run that existed
+        when the walk began exactly once (runs inserted meanwhile may or may
+        not appear; a run whose status changes meanwhile may leave or enter a
+        status-filtered walk). ``limit`` may change between pages.
+
+        Args:
+            workflow: a ``Workflow`` or its name. A name no run can have (not
+                a str, or holding a NUL) matches nothing.
+            status: one status, or an iterable of them (any of them matches;
+                an empty one matches nothing); None for all.
+            trigger: the name of the trigger the runs were created through.
+            created_after: only runs inserted at or after this instant.
+            created_before: only runs inserted strictly before this instant
+                (so consecutive windows neither overlap nor leave a gap).
+            replayed_from: only replays of this run (a run id; one that is
+                not a UUID matches nothing).
+            limit: the page size, an int from 1 to 1000.
+            cursor: ``next_cursor`` of the previous page, or None for the
+                first page. It is opaque, and valid only with the filters it
+                was made for.
+
+        Returns:
+            ``RunPage(runs, next_cursor)``.
+
+        Raises:
+            InvalidArgument: ``limit`` is not an int from 1 to 1000 (a bool is
+                not), or a timestamp is not a timezone-aware datetime.
+            InvalidCursor: ``cursor`` was not made by ``page_runs``, or was
+                made for other filters.
+            UnknownStatus: a status is not one of the eight states.
+        """
+        return await self._listing.page(
+            workflow=workflow,
+            status=status,
+            trigger=trigger,
+            created_after=created_after,
+            created_before=created_before,
+            replayed_from=replayed_from,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def count_runs(
+        self,
+        *,
+        workflow: Workflow | str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        trigger: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> int:
+        """Count the runs matching the filters (those of ``page_runs``).
+
+        One statement, no lock. The count reads one index entry per matching
+        run (an index-only scan where the visibility map allows; a workflow
+        together with a trigger also reads the table), so its cost grows with
+        the runs counted: bound it in time with ``created_after``.
+
+        Raises:
+            InvalidArgument: a timestamp is not a timezone-aware datetime.
+            UnknownStatus: a status is not one of the eight states.
+        """
+        return await self._listing.count(
+            workflow=workflow,
+            status=status,
+            trigger=trigger,
+            created_after=created_after,
+            created_before=created_before,
+        )
+
+    async def count_runs_by_status(
+        self,
+        *,
+        workflow: Workflow | str | None = None,
+        created_after: datetime | None = None,
+    ) -> dict[RunStatus, int]:
+        """Count the runs in each status: all eight keys, zeros included.
+
+        One statement, no lock; one index-only range per status, read at one
+        snapshot, so the counts are consistent with each other. Its cost
+        grows with the runs counted: bound it in time with ``created_after``
+        (runs inserted at or after it).
+
+        Raises:
+            InvalidArgument: ``created_after`` is not a timezone-aware datetime.
+        """
+        return await self._listing.count_by_status(workflow=workflow, created_after=created_after)
 
     # -- state changes --------------------------------------------------
 
@@ -292,6 +481,7 @@ class RunStore:
         context: JSONMap | None | UnsetType = UNSET,
         current_step: str | None | UnsetType = UNSET,
         last_error: JSONMap | None | UnsetType = UNSET,
+        expected_version: int | None = None,
     ) -> Run:
         """Move a run to ``to_status``, writing the given fields with it.
 
@@ -303,6 +493,8 @@ class RunStore:
         changes nothing.
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidTransition: the state machine forbids the move.
             UnknownStatus: ``to_status`` is not a state.
@@ -311,7 +503,9 @@ class RunStore:
         writes = field_writes(
             RunChanges(context=context, current_step=current_step, last_error=last_error)
         )
-        run, event = await self._runs.transition(run_id, to, writes)
+        run, event = await self._runs.transition(
+            run_id, to, writes, check_expected_version(expected_version)
+        )
         await self._bus.emit((event,))
         return run
 
@@ -322,6 +516,7 @@ class RunStore:
         context: JSONMap | None | UnsetType = UNSET,
         current_step: str | None | UnsetType = UNSET,
         last_error: JSONMap | None | UnsetType = UNSET,
+        expected_version: int | None = None,
     ) -> Run:
         """Write context / current_step / last_error without changing status.
 
@@ -329,14 +524,16 @@ class RunStore:
         unchanged; ``None`` clears (``context=None`` resets it to ``{}``).
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
         """
         writes = field_writes(
             RunChanges(context=context, current_step=current_step, last_error=last_error)
         )
-        return await self._runs.update(run_id, writes)
+        return await self._runs.update(run_id, writes, check_expected_version(expected_version))
 
-    async def cancel_run(self, run_id: object) -> Run:
+    async def cancel_run(self, run_id: object, *, expected_version: int | None = None) -> Run:
         """Cancel a run, deciding on the state read under the row lock.
 
         1. pending -> cancelled;
@@ -351,13 +548,179 @@ class RunStore:
         second statement: a call of the ``squidmesh.cancel_run`` function).
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidTransition: the run is failed, completed or cancelled
                 (reported as a move to ``cancelling``).
         """
-        run, events = await self._runs.cancel(run_id)
+        run, events = await self._runs.cancel(run_id, check_expected_version(expected_version))
         await self._bus.emit(events)
         return run
+
+    # -- many runs at once ------------------------------------------------
+
+    async def prune_runs(
+        self,
+        *,
+        older_than: dt.timedelta,
+        statuses: Iterable[RunStatus | str] | None = None,
+        workflow: Workflow | str | None = None,
+        batch_size: int = 1000,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Delete finished runs not written for ``older_than``, with their step runs and attempts.
+
+        A run is pruned when its status is in ``statuses`` (default: failed,
+        completed and cancelled; only those may be given) and its
+        ``updated_at`` is older than the database clock at the call minus
+        ``older_than``. Step runs and attempts go with their run (the foreign
+        keys cascade). A replay of a pruned run stays, with
+        ``replayed_from_run_id`` set to None (a write of the replay: its
+        ``version`` and ``updated_at`` move).
+
+        Works in batches of at most ``batch_size`` runs, each one statement in
+        its own transaction, so a large prune never holds many locks or one
+        long transaction. A batch skips runs another transaction has locked;
+        once the unlocked ones are done, each remaining one is locked in turn,
+        waiting for its holder, and deleted only if it still matches. Batches
+        committed before an error or a cancellation stay deleted. Runs written
+        after the call started are not pruned.
+
+        Args:
+            older_than: how long a run must have gone unwritten (>= 0).
+            statuses: the terminal statuses to prune (one or several).
+            workflow: only runs of this workflow (a ``Workflow`` or its name).
+            batch_size: runs per transaction, 1 to 10000.
+            dry_run: count what would be deleted, in one read, and delete nothing.
+
+        Returns:
+            A ``PruneReport``: runs, step runs and attempts deleted (or that
+            would be), runs by status (every status asked for, zeros included).
+
+        Raises:
+            InvalidArgument: ``older_than`` is not a timedelta >= 0; a status
+                is not terminal, or ``statuses`` is empty or not statuses;
+                ``batch_size`` is out of range; ``workflow`` is not a
+                workflow or a name; ``dry_run`` is not a bool.
+            UnknownStatus: a status is not one of the eight.
+        """
+        return await self._retention.prune(
+            older_than=older_than,
+            statuses=statuses,
+            workflow=workflow,
+            batch_size=batch_size,
+            dry_run=dry_run,
+        )
+
+    async def cancel_runs(
+        self,
+        *,
+        workflow: Workflow | str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        created_before: dt.datetime | None = None,
+        batch_size: int = 500,
+    ) -> list[Run]:
+        """Cancel every matching run ``cancel_run`` would change, by its rules.
+
+        Matching: of ``workflow``, in ``status`` (one or several; default all)
+        and created before ``created_before`` (default: the call's start;
+        runs created after the call started are never included). Of those,
+        the pending, running, retrying and paused runs are cancelled as
+        ``cancel_run`` does it, each decided on the state read under its row
+        lock: pending and paused -> cancelled, running and retrying ->
+        cancelling, current_step cleared, and a paused run's running step run
+        and its latest running attempt failed with ``{"message": "run
+        cancelled while paused", "reason": "cancelled"}``. Runs already
+        cancelling or finished are left alone and not returned.
+
+        Works in batches of at most ``batch_size`` runs, each one statement in
+        its own transaction; after each commit that batch's events are
+        reported (``RunTransitioned`` per run, then ``StepFailed`` for a
+        finalised paused step), before the next batch starts. A batch skips
+        runs another transaction has locked; once the unlocked ones are done,
+        each remaining one is locked in turn, waiting for its holder, and
+        decided on what it then is. Batches committed before an error or a
+        cancellation stay committed (their events were reported).
+
+        Returns:
+            The runs changed, as committed, in the order they were changed.
+
+        Raises:
+            InvalidArgument: ``batch_size`` is out of range; ``created_before``
+                is not a timezone-aware datetime; ``workflow`` is not a
+                workflow or a name; ``status`` is an empty iterable or
+                neither a status nor an iterable of them.
+            UnknownStatus: a status is not one of the eight.
+        """
+        changed: list[Run] = []
+        batches = self._retention.cancel(
+            workflow=workflow, status=status, created_before=created_before, batch_size=batch_size
+        )
+        async with contextlib.aclosing(batches):
+            async for runs, events in batches:
+                await self._bus.emit(events)
+                changed += runs
+        return changed
+
+    async def sweep_stale_runs(
+        self,
+        *,
+        status: RunStatus | str,
+        idle_for: dt.timedelta,
+        to_status: RunStatus | str,
+        changes: RunChanges | Mapping[str, Any] | None = None,
+        workflow: Workflow | str | None = None,
+        batch_size: int = 500,
+    ) -> list[Run]:
+        """Move every run in ``status`` not written for ``idle_for`` to ``to_status``.
+
+        A run is stale when its ``updated_at`` is older than the database
+        clock at the call minus ``idle_for``; any write counts as a heartbeat
+        (``update_run`` included). Each stale run moves to ``to_status`` with
+        ``changes`` written (the same fields for every run; not given =
+        unchanged, None = cleared). Staleness is checked again under each
+        run's row lock: a run written meanwhile is left alone. Only the run
+        row is written (unlike ``cancel_run``, a paused run's step runs are
+        left as they are). Typical: ``status="cancelling",
+        to_status="cancelled"`` after ten minutes without a worker;
+        ``status="running", to_status="failed"`` with a ``last_error`` after
+        an hour without a heartbeat.
+
+        Works in batches of at most ``batch_size`` runs, each one statement in
+        its own transaction; ``RunTransitioned`` events are reported after
+        each commit, before the next batch. A batch skips runs another
+        transaction has locked; once the unlocked ones are done, each
+        remaining one is locked in turn, waiting for its holder, and moved
+        only if it is still stale. Batches committed before an error or a
+        cancellation stay committed.
+
+        Returns:
+            The runs moved, as committed.
+
+        Raises:
+            InvalidTransition: ``status`` -> ``to_status`` is not a legal move
+                (nothing is written).
+            UnknownStatus: ``status`` or ``to_status`` is not a state.
+            InvalidArgument: ``idle_for`` is not a timedelta >= 0,
+                ``batch_size`` is out of range, ``workflow`` is not a
+                workflow or a name.
+            InvalidRun: a change cannot be stored (nothing is written).
+        """
+        moved: list[Run] = []
+        batches = self._retention.sweep(
+            status=status,
+            idle_for=idle_for,
+            to_status=to_status,
+            changes=changes,
+            workflow=workflow,
+            batch_size=batch_size,
+        )
+        async with contextlib.aclosing(batches):
+            async for runs, events in batches:
+                await self._bus.emit(events)
+                moved += runs
+        return moved
 
     # -- changes with caller code under the lock ------------------------
 
@@ -367,6 +730,8 @@ class RunStore:
         to_status: RunStatus | str,
         changes: RunChanges | Mapping[str, Any] | None,
         dispatch: DispatchFn,
+        *,
+        expected_version: int | None = None,
     ) -> Run:
         """Move a run to ``to_status`` with ``changes``, then call ``dispatch(conn, run)``
         in the same transaction.
@@ -380,13 +745,15 @@ class RunStore:
         write, a transaction check, COMMIT (5), plus the dispatch's statements.
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidTransition: the state machine forbids the move.
             UnknownStatus: ``to_status`` is not a state.
             InvalidRun: a change cannot be stored (nothing is written).
         """
         run, events = await self._progress.transition_and_dispatch(
-            run_id, to_status, changes, dispatch
+            run_id, to_status, changes, dispatch, check_expected_version(expected_version)
         )
         await self._bus.emit(events)
         return run
@@ -396,6 +763,8 @@ class RunStore:
         run_id: object,
         changes_or_fn: RunChanges | Mapping[str, Any] | ChangesFn | None,
         dispatch: DispatchFn,
+        *,
+        expected_version: int | None = None,
     ) -> Run:
         """Write fields, then call ``dispatch(conn, run)`` in the same transaction.
 
@@ -409,14 +778,20 @@ class RunStore:
         check, COMMIT (5), plus the dispatch's statements.
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidRun: a change cannot be stored (nothing is written).
         """
-        run, events = await self._progress.update_and_dispatch(run_id, changes_or_fn, dispatch)
+        run, events = await self._progress.update_and_dispatch(
+            run_id, changes_or_fn, dispatch, check_expected_version(expected_version)
+        )
         await self._bus.emit(events)
         return run
 
-    async def update_run_with(self, run_id: object, changes_fn: ChangesFn) -> Run:
+    async def update_run_with(
+        self, run_id: object, changes_fn: ChangesFn, *, expected_version: int | None = None
+    ) -> Run:
         """Write the fields ``changes_fn(run)`` computes from the run read under the lock.
 
         The read-modify-write is atomic: concurrent callers queue on the row
@@ -426,13 +801,22 @@ class RunStore:
         returns no changes), COMMIT (4).
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidRun: a change cannot be stored (nothing is written).
         """
-        return await self._progress.update_with(run_id, changes_fn)
+        return await self._progress.update_with(
+            run_id, changes_fn, check_expected_version(expected_version)
+        )
 
     async def transition_run_with(
-        self, run_id: object, to_status: RunStatus | str, changes_fn: ChangesFn
+        self,
+        run_id: object,
+        to_status: RunStatus | str,
+        changes_fn: ChangesFn,
+        *,
+        expected_version: int | None = None,
     ) -> Run:
         """Move a run to ``to_status`` with the fields ``changes_fn(run)`` computes.
 
@@ -442,17 +826,26 @@ class RunStore:
         trips: BEGIN, locking read, write, COMMIT (4).
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidTransition: the state machine forbids the move.
             UnknownStatus: ``to_status`` is not a state.
             InvalidRun: a change cannot be stored (nothing is written).
         """
-        run, events = await self._progress.transition_with(run_id, to_status, changes_fn)
+        run, events = await self._progress.transition_with(
+            run_id, to_status, changes_fn, check_expected_version(expected_version)
+        )
         await self._bus.emit(events)
         return run
 
     async def progress_run(
-        self, run_id: object, changes_fn: ChangesFn, operation: Operation
+        self,
+        run_id: object,
+        changes_fn: ChangesFn,
+        operation: Operation,
+        *,
+        expected_version: int | None = None,
     ) -> Run | None:
         """Advance a run in one transaction: the runtime's "do the next thing" call.
 
@@ -501,13 +894,17 @@ class RunStore:
             The run as committed, or None when the run was already terminal.
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             InvalidTransition: the requested move (or the move to failed) is illegal.
             UnknownStatus: the operation names a status that is not a state.
             InvalidRun: a change cannot be stored (nothing is written).
             TypeError: ``operation`` is not one of ``squidmesh.progress``'s.
         """
-        run, events = await self._progress.progress(run_id, changes_fn, operation)
+        run, events = await self._progress.progress(
+            run_id, changes_fn, operation, check_expected_version(expected_version)
+        )
         await self._bus.emit(events)
         return run
 
@@ -668,6 +1065,8 @@ class RunStore:
         step_run_id: object,
         attempt_id: object | None,
         changes: RunChanges | Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
     ) -> PauseResult:
         """Pause a run at a manual step, deciding on the state read under the lock.
 
@@ -697,13 +1096,17 @@ class RunStore:
             changes: a ``RunChanges`` or a dict of its fields; None for none.
 
         Raises:
+            VersionConflict: ``expected_version`` is given and the run has another
+                (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
             StepRunNotFound: no step run of this run has that id.
             AttemptNotFound: no attempt of that step run has that id.
             InvalidTransition: the run cannot move to paused (e.g. it is pending).
             InvalidRun: a field value cannot be stored (nothing written).
         """
-        result, events = await self._steps.pause(run_id, step_run_id, attempt_id, changes)
+        result, events = await self._steps.pause(
+            run_id, step_run_id, attempt_id, changes, check_expected_version(expected_version)
+        )
         await self._bus.emit(events)
         return result
 

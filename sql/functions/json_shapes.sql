@@ -30,6 +30,7 @@ CREATE OR REPLACE FUNCTION squidmesh.run_json(r squidmesh.runs) RETURNS json
         'last_error', r.last_error,
         'replayed_from_run_id', r.replayed_from_run_id,
         'version', r.version,
+        'idempotency_key', r.idempotency_key,
         'inserted_at', squidmesh.utc_iso(r.inserted_at),
         'updated_at', squidmesh.utc_iso(r.updated_at));
 

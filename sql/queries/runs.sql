@@ -18,12 +18,12 @@
 -- written bare. A unit test checks this, an integration test runs the API
 -- under a hostile search_path.
 --
--- updated_at of a run is stamped by the trigger runs_stamp_updated_at
--- (sql/0002_hardening.sql), not here: a BEFORE UPDATE trigger runs once the
--- row lock is held, so the stamp is the clock at the write, after any wait,
--- and never earlier than the stored value: updated_at follows version. An
--- expression in the UPDATE would be evaluated before the wait. New rows get
--- one clock reading for inserted_at and updated_at.
+-- version and updated_at of a run are not written here: the trigger runs_write
+-- (sql/functions/runs_write.sql) bumps the version and stamps updated_at for
+-- every UPDATE of a run, once PostgreSQL holds the row lock (an expression in
+-- the UPDATE's SET list would be evaluated before the wait), and refuses an
+-- illegal status change from any client. New rows get one clock reading for
+-- inserted_at and updated_at.
 
 -- name: insert_run
 -- One round trip; inserted_at and updated_at are one reading of the clock.
@@ -34,6 +34,32 @@ SELECT $1, $2, $3, 'pending', $4::pg_catalog.text::pg_catalog.jsonb, '{}'::pg_ca
        $5, $6, c.ts, c.ts
 FROM (SELECT pg_catalog.clock_timestamp() AS ts) c
 RETURNING squidmesh.run_json(r)::pg_catalog.text;
+
+-- name: insert_run_keyed
+-- insert_run with an idempotency key ($6) and the fingerprint of what the
+-- caller gave ($7). The partial unique index runs_workflow_idempotency_key
+-- decides between concurrent callers: the loser's insert yields (waiting for
+-- the winner to commit first) and returns no row; the caller then reads the
+-- winner's run with get_run_by_key. A separate query from insert_run so that
+-- creation without a key pays nothing for ON CONFLICT.
+INSERT INTO squidmesh.runs AS r
+    (id, workflow, trigger, status, payload, context, current_step,
+     idempotency_key, idempotency_fingerprint, inserted_at, updated_at)
+SELECT $1, $2, $3, 'pending', $4::pg_catalog.text::pg_catalog.jsonb, '{}'::pg_catalog.jsonb,
+       $5, $6, $7, c.ts, c.ts
+FROM (SELECT pg_catalog.clock_timestamp() AS ts) c
+ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING squidmesh.run_json(r)::pg_catalog.text;
+
+-- name: get_run_by_key
+-- The run holding an idempotency key, and the fingerprint it was created with.
+SELECT squidmesh.run_json(r)::pg_catalog.text, r.idempotency_fingerprint
+FROM squidmesh.runs r
+WHERE r.workflow OPERATOR(pg_catalog.=) $1 AND r.idempotency_key OPERATOR(pg_catalog.=) $2;
+
+-- name: run_version
+-- Whether a write that found no row met no run or another version.
+SELECT r.version FROM squidmesh.runs r WHERE r.id OPERATOR(pg_catalog.=) $1;
 
 -- name: get_run
 -- Primary-key lookup.
@@ -98,70 +124,76 @@ WITH source AS (
 SELECT source.workflow, inserted.run FROM source LEFT JOIN inserted ON true;
 
 -- name: transition_run
--- One round trip: lock, check the move against the states it may come from
--- ($9, from the state machine), write. Returns the status read under the
--- lock and the new run (NULL when the move is illegal); no row = not found.
+-- One round trip: lock, check the version ($10, NULL = any) and the move
+-- against the states it may come from ($9, from the state machine), write.
+-- Returns the status and version read under the lock and the new run (NULL
+-- when the version differs or the move is illegal); no row = not found.
 WITH locked AS (
-    SELECT id, status FROM squidmesh.runs WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE
+    SELECT id, status, version FROM squidmesh.runs
+    WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE
 ), moved AS (
     UPDATE squidmesh.runs r SET
         status = $2,
         context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
         current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
         last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb
-                          ELSE r.last_error END,
-        version = r.version OPERATOR(pg_catalog.+) 1
+                          ELSE r.last_error END
     FROM locked
     WHERE r.id OPERATOR(pg_catalog.=) locked.id
       AND locked.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
+      AND ($10::pg_catalog.int8 IS NULL OR locked.version OPERATOR(pg_catalog.=) $10)
     RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
 )
-SELECT locked.status, moved.run FROM locked LEFT JOIN moved ON true;
+SELECT locked.status, locked.version, moved.run FROM locked LEFT JOIN moved ON true;
 
 -- name: transition_run_fast
 -- PostgreSQL >= 18 (RETURNING old.*): the guarded UPDATE alone, as cheap as a
 -- hand-written one. The UPDATE takes the row lock; if it had to wait, the
 -- WHERE is re-checked on the newest row version, so the move is decided on
 -- the state read under the lock. No row back (not found, or an illegal
--- move) falls back to transition_run, which tells the two apart atomically.
+-- move, another version than $10) falls back to transition_run, which tells
+-- them apart atomically.
 UPDATE squidmesh.runs r SET
     status = $2,
     context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
-    last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
-    version = r.version OPERATOR(pg_catalog.+) 1
+    last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) $1 AND r.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
-RETURNING old.status, squidmesh.run_json(r)::pg_catalog.text;
+  AND ($10::pg_catalog.int8 IS NULL OR r.version OPERATOR(pg_catalog.=) $10)
+RETURNING old.status, old.version, squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: update_run
--- The UPDATE takes the row lock itself; status is untouched.
+-- The UPDATE takes the row lock itself; status is untouched. $8 = the
+-- expected version (NULL = any); no row = not found or another version.
 UPDATE squidmesh.runs r SET
     context = CASE WHEN $2 THEN $3::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $4 THEN $5 ELSE r.current_step END,
-    last_error = CASE WHEN $6 THEN $7::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
-    version = r.version OPERATOR(pg_catalog.+) 1
+    last_error = CASE WHEN $6 THEN $7::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) $1
+  AND ($8::pg_catalog.int8 IS NULL OR r.version OPERATOR(pg_catalog.=) $8)
 RETURNING squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: cancel_run
 -- One round trip; the branches and the paused-step finalisation live in the
--- function squidmesh.cancel_run (sql/0002_hardening.sql), which locks the run
--- row FOR UPDATE before it reads anything else.
-SELECT from_status, run, failed_step, attempt_number, duration_s
-FROM squidmesh.cancel_run($1, $2::pg_catalog.text::pg_catalog.jsonb);
+-- function squidmesh.cancel_run_v2 (sql/functions/cancel_run_v2.sql), which
+-- locks the run row FOR UPDATE before it reads anything else. $3 = the
+-- expected version (NULL = any).
+SELECT from_status, version, run, failed_step, attempt_number, duration_s
+FROM squidmesh.cancel_run_v2($1, $2::pg_catalog.text::pg_catalog.jsonb, $3::pg_catalog.int8);
 
 -- name: cancel_run_fast
 -- PostgreSQL >= 18: the common cases (pending -> cancelled, running or
 -- retrying -> cancelling) as one guarded UPDATE. No row back (paused,
--- terminal, not found) falls back to cancel_run, which decides atomically.
+-- terminal, not found, another version than $2) falls back to cancel_run,
+-- which decides atomically.
 UPDATE squidmesh.runs r SET
     status = CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN 'cancelled'
                   ELSE 'cancelling' END,
-    current_step = NULL,
-    version = r.version OPERATOR(pg_catalog.+) 1
+    current_step = NULL
 WHERE r.id OPERATOR(pg_catalog.=) $1
   AND r.status OPERATOR(pg_catalog.=) ANY ('{pending,running,retrying}'::pg_catalog.text[])
-RETURNING old.status, squidmesh.run_json(r)::pg_catalog.text;
+  AND ($2::pg_catalog.int8 IS NULL OR r.version OPERATOR(pg_catalog.=) $2)
+RETURNING old.status, old.version, squidmesh.run_json(r)::pg_catalog.text;
 
 -- name: write_run
 -- A write to a row the caller already locked in its transaction
@@ -170,7 +202,6 @@ UPDATE squidmesh.runs r SET
     status = coalesce($2, r.status),
     context = CASE WHEN $3 THEN $4::pg_catalog.text::pg_catalog.jsonb ELSE r.context END,
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
-    last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END,
-    version = r.version OPERATOR(pg_catalog.+) 1
+    last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) $1
 RETURNING squidmesh.run_json(r)::pg_catalog.text;

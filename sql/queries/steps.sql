@@ -145,7 +145,8 @@ RETURNING squidmesh.attempt_json(a)::pg_catalog.text;
 -- One round trip for every branch, decided on the state read under the lock.
 -- $1 run, $2 step run, $3 attempt (NULL = none), $4 the states paused may
 -- be entered from, $5..$10 the (given?, value) field writes, $11 the
--- cancellation error.
+-- cancellation error, $12 the expected version (NULL = any).
+--   0. another version than $12: no write, the caller raises VersionConflict;
 --   1. failed / completed / cancelled: the run is untouched; the step run and
 --      attempt are failed if still running (the cancellation error for a
 --      cancelled run, else "run already finalized before pause progression"
@@ -162,7 +163,7 @@ RETURNING squidmesh.attempt_json(a)::pg_catalog.text;
 -- duration_s counts to the clock after the locks are held, so it is never
 -- negative however long the wait.
 WITH locked AS (
-    SELECT r.id, r.status, squidmesh.run_json(r)::pg_catalog.text AS run
+    SELECT r.id, r.status, r.version, squidmesh.run_json(r)::pg_catalog.text AS run
     FROM squidmesh.runs r WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE
 ), step AS (
     SELECT s.id, s.step, s.inserted_at
@@ -174,7 +175,10 @@ WITH locked AS (
     WHERE a.id OPERATOR(pg_catalog.=) $3 FOR UPDATE OF a
 ), decision AS (
     SELECT locked.id,
-           CASE WHEN locked.status OPERATOR(pg_catalog.=)
+           CASE WHEN $12::pg_catalog.int8 IS NOT NULL
+                     AND locked.version OPERATOR(pg_catalog.<>) $12
+                    THEN 'conflict'
+                WHEN locked.status OPERATOR(pg_catalog.=)
                          ANY ('{failed,completed,cancelled}'::pg_catalog.text[])
                     THEN 'terminal'
                 WHEN locked.status OPERATOR(pg_catalog.=) 'cancelling' THEN 'cancel'
@@ -200,8 +204,7 @@ WITH locked AS (
                             WHEN $7 THEN $8 ELSE r.current_step END,
         last_error = CASE WHEN d.branch OPERATOR(pg_catalog.=) 'cancel' THEN NULL
                           WHEN $9 THEN $10::pg_catalog.text::pg_catalog.jsonb
-                          ELSE r.last_error END,
-        version = r.version OPERATOR(pg_catalog.+) 1
+                          ELSE r.last_error END
     FROM decision d
     WHERE r.id OPERATOR(pg_catalog.=) d.id
       AND d.branch OPERATOR(pg_catalog.=) ANY ('{cancel,pause}'::pg_catalog.text[])
@@ -228,6 +231,7 @@ WITH locked AS (
     RETURNING a.attempt_number, a.inserted_at
 )
 SELECT locked.status AS from_status,
+       locked.version,
        EXISTS (SELECT 1 FROM step) AS step_found,
        EXISTS (SELECT 1 FROM attempt) AS attempt_found,
        decision.branch,

@@ -18,7 +18,13 @@ async def _run_in(store: RunStore, pool: asyncpg.Pool, status: str) -> uuid.UUID
     await store.update_run(
         run.id, context={"k": 1}, current_step="approve", last_error={"m": "earlier"}
     )
-    await pool.execute("UPDATE squidmesh.runs SET status = $2 WHERE id = $1", run.id, status)
+    # Any status, legal move or not: the database's state machine allows it
+    # for this one transaction (the operator's escape hatch).
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL squidmesh.unchecked_moves = on")
+        await conn.execute(
+            "UPDATE squidmesh.runs SET status = $2 WHERE id = $1 AND status <> $2", run.id, status
+        )
     return run.id
 
 

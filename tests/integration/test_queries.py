@@ -14,6 +14,24 @@ from squidmesh._sql import load_queries
 _FIELDS = ["bool", "text", "bool", "text", "bool", "text"]  # FieldWrites
 _RUN = [("run_json", "text")]
 _STEP_RUN = [("step_run_json", "text")]
+# listing.sql: a page query takes statuses, the (inserted_at, id) bound, created_after
+# and the limit first; a count takes statuses and [created_after, created_before) and
+# returns one count per status.
+_PAGE = ["text[]", "timestamptz", "uuid", "timestamptz", "int8"]
+_COUNT = ["text[]", "timestamptz", "timestamptz"]
+_PER_STATUS = [("status", "text"), ("runs", "int8")]
+# retention.sql: each batch row starts with the run's key (the batches' cursor).
+_KEY = [("key_at", "timestamptz"), ("key_id", "uuid")]
+_PRUNED = [*_KEY, ("status", "text"), ("step_runs", "int8"), ("attempts", "int8")]
+_BULK_CANCELLED = [
+    *_KEY,
+    ("from_status", "text"),
+    ("run", "text"),
+    ("failed_step", "text"),
+    ("attempt_number", "int4"),
+    ("duration_s", "float8"),
+]
+_SWEPT = [*_KEY, ("run", "text")]
 
 # name: (parameter types, result columns)
 EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
@@ -28,26 +46,33 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ["uuid", "uuid", "text[]", "text[]"],
         [("workflow", "text"), ("run", "text")],
     ),
+    "insert_run_keyed": (["uuid", "text", "text", "text", "text", "text", "text"], _RUN),
+    "get_run_by_key": (["text", "text"], [*_RUN, ("idempotency_fingerprint", "text")]),
+    "run_version": (["uuid"], [("version", "int8")]),
     "transition_run": (
-        ["uuid", "text", *_FIELDS, "text[]"],
-        [("status", "text"), ("run", "text")],
+        ["uuid", "text", *_FIELDS, "text[]", "int8"],
+        [("status", "text"), ("version", "int8"), ("run", "text")],
     ),
     "transition_run_fast": (
-        ["uuid", "text", *_FIELDS, "text[]"],
-        [("status", "text"), ("run_json", "text")],
+        ["uuid", "text", *_FIELDS, "text[]", "int8"],
+        [("status", "text"), ("version", "int8"), ("run_json", "text")],
     ),
-    "update_run": (["uuid", *_FIELDS], _RUN),
+    "update_run": (["uuid", *_FIELDS, "int8"], _RUN),
     "cancel_run": (
-        ["uuid", "text"],
+        ["uuid", "text", "int8"],
         [
             ("from_status", "text"),
+            ("version", "int8"),
             ("run", "text"),
             ("failed_step", "text"),
             ("attempt_number", "int4"),
             ("duration_s", "float8"),
         ],
     ),
-    "cancel_run_fast": (["uuid"], [("status", "text"), ("run_json", "text")]),
+    "cancel_run_fast": (
+        ["uuid", "int8"],
+        [("status", "text"), ("version", "int8"), ("run_json", "text")],
+    ),
     "write_run": (["uuid", "text", *_FIELDS], _RUN),
     "begin_step": (["uuid", "uuid", "text", "text", "text[]", "text[]"], _STEP_RUN),
     "schedule_step": (["uuid", "uuid", "text", "text", "text[]", "text[]"], _STEP_RUN),
@@ -61,9 +86,10 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "lock_and_begin_attempt": (["uuid", "uuid"], [("attempt_json", "text")]),
     "finish_attempt": (["uuid", "text", "text"], [("attempt_json", "text")]),
     "lock_and_pause_run": (
-        ["uuid", "uuid", "uuid", "text[]", *_FIELDS, "text"],
+        ["uuid", "uuid", "uuid", "text[]", *_FIELDS, "text", "int8"],
         [
             ("from_status", "text"),
+            ("version", "int8"),
             ("step_found", "bool"),
             ("attempt_found", "bool"),
             ("branch", "text"),
@@ -76,6 +102,40 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ],
     ),
     "run_history": (["uuid"], [("json_build_object", "text")]),
+    # listing.sql
+    "select_runs": (_PAGE, _RUN),
+    "select_runs_by_workflow": ([*_PAGE, "text"], _RUN),
+    "select_runs_by_trigger": ([*_PAGE, "text"], _RUN),
+    "select_runs_by_workflow_trigger": ([*_PAGE, "text", "text"], _RUN),
+    "select_runs_by_replayed_from": ([*_PAGE, "uuid", "text", "text"], _RUN),
+    "count_runs": (_COUNT, _PER_STATUS),
+    "count_runs_by_workflow": ([*_COUNT, "text"], _PER_STATUS),
+    "count_runs_by_trigger": ([*_COUNT, "text"], _PER_STATUS),
+    "count_runs_by_workflow_trigger": ([*_COUNT, "text", "text"], _PER_STATUS),
+    # retention.sql
+    "retention_clock": ([], [("clock_timestamp", "timestamptz")]),
+    "count_prunable_runs": (
+        ["text[]", "timestamptz", "text"],
+        [("status", "text"), ("runs", "int8"), ("step_runs", "int8"), ("attempts", "int8")],
+    ),
+    "lock_and_prune_runs": (
+        ["int8", "timestamptz", "uuid", "text", "timestamptz", "text"],
+        _PRUNED,
+    ),
+    "lock_and_prune_runs_waiting": (["int8", "text[]", "timestamptz", "text"], _PRUNED),
+    "cancel_runs": (
+        ["int8", "timestamptz", "uuid", "text", "text", "timestamptz", "text"],
+        _BULK_CANCELLED,
+    ),
+    "cancel_runs_waiting": (["int8", "text[]", "text", "timestamptz", "text"], _BULK_CANCELLED),
+    "transition_stale_runs": (
+        ["int8", "timestamptz", "uuid", "text", "timestamptz", "text", "text", *_FIELDS],
+        _SWEPT,
+    ),
+    "transition_stale_runs_waiting": (
+        ["int8", "text[]", "timestamptz", "text", "text", *_FIELDS],
+        _SWEPT,
+    ),
 }
 
 
@@ -98,5 +158,5 @@ async def test_query_prepares_with_the_expected_types(pool: asyncpg.Pool, name: 
     params, columns = EXPECTED[name]
     async with pool.acquire() as conn:
         statement = await conn.prepare(getattr(SQL, name))
-    assert [t.name for t in statement.get_parameters()] == params
-    assert [(a.name, a.type.name) for a in statement.get_attributes()] == columns
+        assert [t.name for t in statement.get_parameters()] == params
+        assert [(a.name, a.type.name) for a in statement.get_attributes()] == columns

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -100,3 +101,17 @@ async def test_readme_sql_for_migrations_applied_by_hand(pg_admin_dsn: str) -> N
             await conn.close()
     finally:
         await drop_database(pg_admin_dsn, name)
+
+
+async def test_readme_retries_and_versions_block_runs(store: Any) -> None:
+    text = README.read_text(encoding="utf-8").split("## Retries, concurrent edits", 1)[1]
+    match = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert match, "README's retries section has no python block"
+    import squidmesh
+
+    body = "async def _block(store, squidmesh):\n" + "".join(
+        f"    {line}\n" for line in match.group(1).splitlines()
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(body, "README.md", "exec"), namespace)
+    await namespace["_block"](store, squidmesh)

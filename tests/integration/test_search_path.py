@@ -166,3 +166,15 @@ async def test_the_whole_api_ignores_a_hostile_search_path(evil_pool: asyncpg.Po
     bumped = await store.update_run_with(other.id, lambda r: {"context": {"k": 1}})
     assert bumped.version == 2 and _recent(bumped.updated_at)
     assert await store.cancel_run(other.id)
+
+    # The bulk operations (sql/queries/retention.sql).
+    waiting = await store.create_run(INVOICE_REMINDER, {"account_id": "c"})
+    stuck = await store.create_run(INVOICE_REMINDER, {"account_id": "d"})
+    await store.transition_run(stuck.id, RunStatus.RUNNING)
+    assert [r.id for r in await store.cancel_runs(status="pending")] == [waiting.id]
+    swept = await store.sweep_stale_runs(
+        status="running", idle_for=timedelta(0), to_status="failed"
+    )
+    assert [r.id for r in swept] == [stuck.id]
+    dry = await store.prune_runs(older_than=timedelta(0), dry_run=True)
+    assert (await store.prune_runs(older_than=timedelta(0))).runs == dry.runs == 5

@@ -106,17 +106,26 @@ def test_every_function_a_migration_created_has_its_current_body_in_a_function_f
     in_migrations = set().union(
         *(_created_functions(p.read_text(encoding="utf-8")) for p in MIGRATION_FILES)
     )
+    dropped = set().union(
+        *(
+            re.findall(r"DROP FUNCTION (squidmesh\.\w+)", p.read_text(encoding="utf-8"))
+            for p in MIGRATION_FILES
+        )
+    )
     in_files = set().union(
         *(_created_functions(p.read_text(encoding="utf-8")) for p in FUNCTION_FILES)
     )
-    assert in_migrations <= in_files
+    assert in_migrations - dropped <= in_files
+    assert not dropped & in_files
     assert in_files == {
         "squidmesh.utc_iso",
         "squidmesh.run_json",
         "squidmesh.attempt_json",
         "squidmesh.step_run_json",
         "squidmesh.cancel_run",
-        "squidmesh.stamp_updated_at",
+        "squidmesh.cancel_run_v2",
+        "squidmesh.legal_move",
+        "squidmesh.runs_write",
     }
 
 
@@ -327,11 +336,13 @@ def test_lock_queries_lock(name: str) -> None:
 
 def test_the_one_statement_state_changes_lock_first() -> None:
     assert _takes_row_lock(Q["transition_run"])
-    # cancel_run calls a function whose first statement locks the run row.
-    assert "squidmesh.cancel_run(" in Q["cancel_run"]
-    body = MIGRATION.split("CREATE FUNCTION squidmesh.cancel_run", 1)[1]
-    first_select = body.split("BEGIN", 1)[1].split(";", 1)[0]
-    assert _takes_row_lock(first_select)
+    # cancel_run calls a function whose first read of a table locks the run row.
+    assert "squidmesh.cancel_run_v2(" in Q["cancel_run"]
+    body = (ROOT / "functions" / "cancel_run_v2.sql").read_text(encoding="utf-8")
+    body = _strip_comments(body.split("CREATE OR REPLACE FUNCTION squidmesh.cancel_run_v2", 1)[1])
+    first_read = re.search(r"SELECT[^;]*?FROM squidmesh\.\w+[^;]*;", body)
+    assert first_read is not None and "FROM squidmesh.runs" in first_read.group(0)
+    assert _takes_row_lock(first_read.group(0))
 
 
 # Written bare, these are SQL syntax, not names looked up through search_path
@@ -339,8 +350,8 @@ def test_the_one_statement_state_changes_lock_first() -> None:
 _SYNTAX_CALLS = frozenset(
     {
         "any", "and", "as", "coalesce", "conflict", "exists", "from", "greatest",
-        "in", "join", "least", "not", "on", "or", "returning", "select", "set",
-        "then", "values", "when", "where", "else", "with",
+        "in", "join", "lateral", "least", "not", "on", "or", "returning", "row",
+        "select", "set", "then", "values", "when", "where", "else", "with",
     }
 )  # fmt: skip
 

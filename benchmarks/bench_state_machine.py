@@ -1,0 +1,149 @@
+"""What the database-enforced state machine costs ``transition_run``.
+
+``python -m benchmarks.bench_state_machine [--dsn URL] [--runs N] [--rounds R]``
+
+The runs_write trigger does three things on every UPDATE of a run: bump the
+version, stamp updated_at, and refuse an illegal status change. This times
+``transition_run`` (runs moving running <-> retrying) with the trigger as
+shipped and with the same trigger minus the legality check, in alternating
+rounds on one server and one pool, and prints the ratio. The shipped body is
+put back at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+from typing import Any
+
+import squidmesh
+from squidmesh import RunStore, Workflow
+from squidmesh._sql import sql_root
+
+from . import _harness as h
+
+_WORKFLOW = Workflow(
+    "bench.state_machine", triggers=[squidmesh.Trigger("manual")], steps=[squidmesh.Step("work")]
+)
+
+# The shipped body without its third part, the legality check.
+_WITHOUT_CHECK = """
+CREATE OR REPLACE FUNCTION squidmesh.runs_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.version OPERATOR(pg_catalog.=) OLD.version THEN
+        NEW.version := OLD.version OPERATOR(pg_catalog.+) 1;
+    END IF;
+    NEW.updated_at := GREATEST(pg_catalog.clock_timestamp(), OLD.updated_at);
+    RETURN NEW;
+END;
+$$;
+"""
+
+
+def _shipped() -> str:
+    return sql_root().joinpath("functions", "runs_write.sql").read_text(encoding="utf-8")
+
+
+async def run(dsn: str, runs: int, rounds: int, concurrencies: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    pool = await h.open_pool(dsn)
+    try:
+        store = RunStore(pool, workflows=[_WORKFLOW])
+        ids = []
+        for _ in range(max(concurrencies) * 8):
+            created = await store.create_run(_WORKFLOW, {})
+            ids.append((await store.transition_run(created.id, "running")).id)
+        state = dict.fromkeys(ids, "running")
+
+        async def toggle(run_id: Any) -> None:
+            to = "retrying" if state[run_id] == "running" else "running"
+            state[run_id] = to
+            await store.transition_run(run_id, to)
+
+        variants = {
+            "shipped (version, updated_at, legality)": _shipped(),
+            "without legality": _WITHOUT_CHECK,
+        }
+        try:
+            for concurrency in concurrencies:
+                timings: dict[str, list[h.Timing]] = {name: [] for name in variants}
+                # Each task owns its runs, so no two tasks move one run at once.
+                items = list(itertools.islice(itertools.cycle(ids), runs // rounds))
+                for r in range(rounds):
+                    order = list(variants.items())
+                    for name, body in order if r % 2 == 0 else order[::-1]:
+                        await pool.execute(body)
+                        per_task = [items[i::concurrency] for i in range(concurrency)]
+                        timings[name].append(await _timed_partitioned(toggle, per_task))
+                names = list(variants)
+                ratios = [
+                    s.ops_per_s / b.ops_per_s
+                    for s, b in zip(timings[names[0]], timings[names[1]], strict=True)
+                ]
+                for name in names:
+                    summary = h.Summary.of(timings[name])
+                    rows.append(
+                        {
+                            "concurrency": concurrency,
+                            "trigger": name,
+                            "ops_per_s": round(summary.ops_per_s, 1),
+                            "p50_ms": round(summary.p50_ms, 4),
+                            "ratio": round(h.median(ratios), 3) if name == names[0] else None,
+                        }
+                    )
+        finally:
+            await pool.execute(_shipped())
+    finally:
+        await pool.close()
+    return rows
+
+
+async def _timed_partitioned(fn: Any, per_task: list[list[Any]]) -> h.Timing:
+    """Like ``_harness.timed``, but each task walks its own items (its own runs)."""
+    clock = asyncio.get_running_loop().time
+    latencies: list[int] = []
+
+    async def worker(items: list[Any]) -> None:
+        for item in items:
+            t0 = clock()
+            await fn(item)
+            latencies.append(int((clock() - t0) * 1e9))
+
+    start = clock()
+    async with asyncio.TaskGroup() as group:
+        for items in per_task:
+            group.create_task(worker(items))
+    return h.Timing(int((clock() - start) * 1e9), latencies)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_state_machine")
+    parser.add_argument("--dsn", help="a server (default: an embedded durable one)")
+    parser.add_argument("--runs", type=int, default=6000, help="transitions per variant")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--concurrency", default="1,16")
+    args = parser.parse_args(argv)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+
+    async def go() -> list[dict[str, Any]]:
+        async with h.server(args.dsn) as (admin_dsn, _), h.fresh_database(admin_dsn, "sm") as dsn:
+            return await run(dsn, args.runs, args.rounds, concurrencies)
+
+    rows = asyncio.run(go())
+    print(
+        h.table(
+            ["conc", "trigger", "ops/s", "p50 ms", "ratio"],
+            [
+                [r["concurrency"], r["trigger"], r["ops_per_s"], r["p50_ms"], r["ratio"] or "-"]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
