@@ -116,7 +116,7 @@ async def test_twenty_concurrent_creates_with_one_key_make_one_run_and_one_dispa
     expected_conflicts = 5 if winner.payload["account_id"] == "acct_1" else 19
     assert len(conflicts) == expected_conflicts
     assert await pool.fetchval("SELECT count(*) FROM squidmesh.runs") == 1
-    assert await pool.fetch("SELECT run_id FROM dispatched") == [(winner.id,)]
+    assert [r[0] for r in await pool.fetch("SELECT run_id FROM dispatched")] == [winner.id]
     assert [type(e) for e in events] == [RunCreated]
 
 
@@ -272,10 +272,12 @@ async def test_a_raw_legal_change_succeeds_and_bumps_the_version(
     store: RunStore, pool: asyncpg.Pool
 ) -> None:
     run = await store.create_run(INVOICE_REMINDER, PAYLOAD)
-    version, updated_at = await pool.fetchrow(
+    row = await pool.fetchrow(
         "UPDATE squidmesh.runs SET status = 'running' WHERE id = $1 RETURNING version, updated_at",
         run.id,
     )
+    assert row is not None
+    version, updated_at = row
     assert version == run.version + 1 and updated_at >= run.updated_at
 
 
