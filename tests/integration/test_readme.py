@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -103,15 +106,53 @@ async def test_readme_sql_for_migrations_applied_by_hand(pg_admin_dsn: str) -> N
         await drop_database(pg_admin_dsn, name)
 
 
-async def test_readme_retries_and_versions_block_runs(store: Any) -> None:
-    text = README.read_text(encoding="utf-8").split("## Retries, concurrent edits", 1)[1]
-    match = re.search(r"```python\n(.*?)```", text, re.DOTALL)
-    assert match, "README's retries section has no python block"
+def _blocks(heading: str) -> list[str]:
+    section = README.read_text(encoding="utf-8").split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert blocks, f"README's section {heading!r} has no python block"
+    return blocks
+
+
+async def _run_block(code: str, store: Any) -> None:
     import squidmesh
 
     body = "async def _block(store, squidmesh):\n" + "".join(
-        f"    {line}\n" for line in match.group(1).splitlines()
+        f"    {line}\n" for line in code.splitlines()
     )
     namespace: dict[str, Any] = {}
     exec(compile(body, "README.md", "exec"), namespace)
     await namespace["_block"](store, squidmesh)
+
+
+@pytest.mark.parametrize(
+    "heading",
+    [
+        "Retries, concurrent edits and raw SQL",
+        "Listing, paging and counting",
+        "Retention, bulk cancel and stale runs",
+    ],
+)
+async def test_readme_store_blocks_run(store: Any, heading: str) -> None:
+    for i in range(3):
+        await store.create_run("billing.invoice_reminder", {"account_id": f"a{i}"})
+    for code in _blocks(heading):
+        await _run_block(code, store)
+
+
+async def test_readme_testing_blocks_run_as_an_outside_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pg_admin_dsn: str
+) -> None:
+    conftest, tests = _blocks("Testing code that uses squidmesh")
+    pytester.makeini(
+        """
+        [pytest]
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = function
+        addopts = -p no:cacheprovider
+        """
+    )
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_reminders=tests)
+    monkeypatch.setenv("SQUIDMESH_TEST_DSN", pg_admin_dsn)
+    result = await asyncio.to_thread(pytester.runpytest_subprocess, timeout=120)
+    result.assert_outcomes(passed=1)
