@@ -132,15 +132,15 @@ def ids(runs: Iterable[Run]) -> list[UUID]:
     return [r.id for r in runs]
 
 
-# -- the README example ------------------------------------------------------------
+# -- the usual loop ----------------------------------------------------------------
 
 
-async def test_the_readme_example(store: RunStore) -> None:
+async def test_walking_the_pages_then_counting(store: RunStore) -> None:
     invoice_reminder = INVOICE_REMINDER
     for n in range(3):
         await store.create_run(invoice_reminder, {"account_id": f"acct_{n}"})
 
-    # A copy of README.md, "Listing, paging and counting":
+    # (README.md's own block, "Listing, paging and counting", runs in test_readme.py.)
     since = datetime.now(UTC) - timedelta(days=1)
     page = await store.page_runs(workflow=invoice_reminder, status="pending", limit=2)
     seen = list(page.runs)
@@ -151,7 +151,6 @@ async def test_the_readme_example(store: RunStore) -> None:
         seen += page.runs
     counts = await store.count_runs_by_status(workflow=invoice_reminder, created_after=since)
     failed = await store.count_runs(status=["failed", "cancelled"], created_after=since)
-    # (end of the copy)
 
     assert counts[RunStatus.PENDING] == len(seen) == 3 and counts[RunStatus.FAILED] == 0
     assert failed == 0 and len(counts) == 8
