@@ -157,6 +157,8 @@ def test_a_query_missing_from_the_files_fails_at_load() -> None:
 async def test_query_prepares_with_the_expected_types(pool: asyncpg.Pool, name: str) -> None:
     params, columns = EXPECTED[name]
     async with pool.acquire() as conn:
+        if name.endswith("_fast") and conn.get_server_version() < (18, 0):
+            pytest.skip("the *_fast queries use RETURNING old.*, new in PostgreSQL 18")
         statement = await conn.prepare(getattr(SQL, name))
         assert [t.name for t in statement.get_parameters()] == params
         assert [(a.name, a.type.name) for a in statement.get_attributes()] == columns
