@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness as h
-from . import bench_history, bench_list, bench_ops, bench_paging, bench_prune
+from . import bench_history, bench_list, bench_ops, bench_paging, bench_prune, bench_state_machine
 
-SUITES = ("history", "list", "prune", *bench_paging.PARTS)
+SUITES = ("history", "list", "prune", "state_machine", *bench_paging.PARTS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -155,6 +155,14 @@ async def main(args: argparse.Namespace) -> int:
             report["prune"] = pruning
             print()
             print(bench_prune.describe(pruning))
+        if not selected or "state_machine" in selected:
+            async with h.fresh_database(admin_dsn, "sm") as dsn:
+                machine_rows = await bench_state_machine.run(
+                    dsn, 2 * args.runs, args.rounds, args.concurrencies
+                )
+            report["state_machine"] = machine_rows
+            print()
+            print(bench_state_machine.describe(machine_rows))
     elapsed = time.monotonic() - started
     report["elapsed_s"] = round(elapsed, 1)
     print(f"\nfinished in {elapsed:.0f} s")

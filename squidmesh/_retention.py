@@ -39,9 +39,9 @@ import asyncpg
 
 from . import _codec, _queries, state_machine
 from ._errors import InvalidArgument
-from ._events import RunTransitioned, StepFailed
+from ._events import RunTransitioned
 from ._queries import SQL
-from ._runs import CANCELLED_WHILE_PAUSED, CANCELLED_WHILE_PAUSED_TEXT
+from ._runs import CANCELLED_WHILE_PAUSED_TEXT, cancel_events
 from ._types import PruneReport, Run, RunChanges, RunStatus
 from ._values import FieldWrites, coerce_changes, field_writes
 from ._workflow import Workflow
@@ -166,21 +166,7 @@ class RetentionOps:
                 run = _codec.decode_run(text)
                 runs.append(run)
                 # As cancel_run reports them: the move, then the failed step.
-                events.append(
-                    RunTransitioned(
-                        run=run, from_status=RunStatus(from_status), to_status=run.status
-                    )
-                )
-                if failed_step is not None:
-                    events.append(
-                        StepFailed(
-                            run=run,
-                            step=failed_step,
-                            attempt_number=attempt_number,
-                            duration_s=duration_s,
-                            error=dict(CANCELLED_WHILE_PAUSED),
-                        )
-                    )
+                events += cancel_events(run, from_status, failed_step, attempt_number, duration_s)
             yield runs, events
 
     # -- sweep_stale_runs ---------------------------------------------------

@@ -187,20 +187,7 @@ class RunOps:
             _check_version(run_id, expected, version)
             raise InvalidTransition(from_status, RunStatus.CANCELLING)
         run = _codec.decode_run(text)
-        events: list[object] = [
-            RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=run.status)
-        ]
-        if failed_step is not None:
-            events.append(
-                StepFailed(
-                    run=run,
-                    step=failed_step,
-                    attempt_number=attempt_number,
-                    duration_s=duration_s,
-                    error=dict(CANCELLED_WHILE_PAUSED),
-                )
-            )
-        return run, events
+        return run, cancel_events(run, from_status, failed_step, attempt_number, duration_s)
 
     # -- inside a transaction that holds the run's lock ----------------------
 
@@ -244,3 +231,27 @@ def _fingerprint(trigger: str, payload: object) -> str:
     caller gave it (before defaults), canonically (key order does not matter)."""
     canonical = msgspec.json.encode([trigger, payload], order="sorted")
     return hashlib.sha256(canonical).hexdigest()
+
+
+def cancel_events(
+    run: Run,
+    from_status: str,
+    failed_step: str | None,
+    attempt_number: int | None,
+    duration_s: float | None,
+) -> list[object]:
+    """What a cancel reports: the move, then the paused step it failed, if any."""
+    events: list[object] = [
+        RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=run.status)
+    ]
+    if failed_step is not None:
+        events.append(
+            StepFailed(
+                run=run,
+                step=failed_step,
+                attempt_number=attempt_number,
+                duration_s=duration_s,
+                error=dict(CANCELLED_WHILE_PAUSED),
+            )
+        )
+    return events
