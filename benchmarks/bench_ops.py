@@ -260,7 +260,7 @@ def operations() -> list[OpBench]:
                     "extra",
                     lambda e: (
                         lambda uid: e.pool.fetchrow(
-                            Q["transition_run"], uid, "running", *NO_FIELDS, SOURCES_RUNNING
+                            Q["transition_run"], uid, "running", *NO_FIELDS, SOURCES_RUNNING, None
                         )
                     ),
                 ),
@@ -296,7 +296,15 @@ def operations() -> list[OpBench]:
                     "extra",
                     lambda e: (
                         lambda uid: e.pool.fetchval(
-                            Q["update_run"], uid, True, _context_text(), False, None, False, None
+                            Q["update_run"],
+                            uid,
+                            True,
+                            _context_text(),
+                            False,
+                            None,
+                            False,
+                            None,
+                            None,
                         )
                     ),
                 ),
@@ -315,7 +323,7 @@ def operations() -> list[OpBench]:
                 Variant(
                     "same SQL (CTE), raw",
                     "extra",
-                    lambda e: lambda uid: e.pool.fetchrow(Q["cancel_run"], uid, "{}"),
+                    lambda e: lambda uid: e.pool.fetchrow(Q["cancel_run"], uid, "{}", None),
                 ),
             ],
         ),
