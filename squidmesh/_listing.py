@@ -216,6 +216,24 @@ class ListingOps:
             limit,
         )
         query: LiteralString
+        if (
+            bound is None
+            and len(f.statuses) == 1
+            and f.trigger is None
+            and f.replayed_from is None
+            and f.created_after is None
+        ):
+            # The common shape (one status, maybe a workflow, first page) is one
+            # ordered range of one index: read the runs straight from it, with
+            # no merge of ranges and no second lookup by id.
+            (status,) = f.statuses
+            if f.workflow is None:
+                found = await _queries.rows(self._pool, SQL.list_runs_by_status, limit, status)
+            else:
+                found = await _queries.rows(
+                    self._pool, SQL.list_runs_by_workflow_status, limit, f.workflow, status
+                )
+            return [_codec.decode_run(row[0]) for row in found]
         if f.replayed_from is not None:
             # The replays of one run are few: one index fixes them, the rest filters.
             query = SQL.select_runs_by_replayed_from

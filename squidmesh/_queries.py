@@ -47,8 +47,6 @@ class Queries:
     insert_run: LiteralString
     get_run: LiteralString
     lock_run: LiteralString
-    list_runs: LiteralString
-    list_runs_by_workflow: LiteralString
     list_runs_by_status: LiteralString
     list_runs_by_workflow_status: LiteralString
     insert_replay: LiteralString

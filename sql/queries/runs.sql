@@ -71,27 +71,16 @@ WHERE r.id OPERATOR(pg_catalog.=) $1;
 SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
 WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
 
--- name: list_runs
--- Newest first; runs_inserted_idx. $1 = limit (NULL = all). One row per run:
--- aggregating them into one value would fail past PostgreSQL's 1 GB limit on
--- a single value.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
-ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
-
--- name: list_runs_by_workflow
--- runs_workflow_inserted_idx.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
-WHERE r.workflow OPERATOR(pg_catalog.=) $2
-ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
-
 -- name: list_runs_by_status
--- runs_status_inserted_idx.
+-- The first page of list_runs / page_runs for one status and no other filter
+-- (squidmesh._listing): one ordered range of runs_status_inserted_idx.
+-- $1 = limit (NULL = all). Other shapes: sql/queries/listing.sql.
 SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
 WHERE r.status OPERATOR(pg_catalog.=) $2
 ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
 
 -- name: list_runs_by_workflow_status
--- runs_workflow_status_inserted_idx.
+-- The same with a workflow: one range of runs_workflow_status_inserted_idx.
 SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
 WHERE r.workflow OPERATOR(pg_catalog.=) $2 AND r.status OPERATOR(pg_catalog.=) $3
 ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;

@@ -82,6 +82,9 @@ PAGE_INDEXES = {
     SQL.select_runs_by_trigger: {TRIGGER_IDX},
     SQL.select_runs_by_workflow_trigger: {WORKFLOW_IDX, TRIGGER_IDX},
     SQL.select_runs_by_replayed_from: {REPLAYS_IDX},
+    # The first page of one status (with a workflow or not): one range, read directly.
+    SQL.list_runs_by_status: {STATUS_IDX},
+    SQL.list_runs_by_workflow_status: {WORKFLOW_IDX},
 }
 # A count may skip-scan (PostgreSQL >= 18) any index that holds status and
 # inserted_at when it has no equality of its own.

@@ -38,8 +38,6 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "insert_run": (["uuid", "text", "text", "text", "text", "uuid"], _RUN),
     "get_run": (["uuid"], _RUN),
     "lock_run": (["uuid"], _RUN),
-    "list_runs": (["int8"], _RUN),
-    "list_runs_by_workflow": (["int8", "text"], _RUN),
     "list_runs_by_status": (["int8", "text"], _RUN),
     "list_runs_by_workflow_status": (["int8", "text", "text"], _RUN),
     "insert_replay": (
