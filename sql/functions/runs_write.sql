@@ -24,19 +24,43 @@
 
 CREATE OR REPLACE FUNCTION squidmesh.runs_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    legal boolean;
 BEGIN
     IF NEW.version OPERATOR(pg_catalog.=) OLD.version THEN
         NEW.version := OLD.version OPERATOR(pg_catalog.+) 1;
     END IF;
     NEW.updated_at := GREATEST(pg_catalog.clock_timestamp(), OLD.updated_at);
+    -- A value that is not a status at all is left to runs_status_check, whose
+    -- error says what is wrong.
     IF NEW.status OPERATOR(pg_catalog.<>) OLD.status
-       AND NOT coalesce(squidmesh.legal_move(OLD.status, NEW.status), true)
-       AND pg_catalog.current_setting('squidmesh.unchecked_moves', true)
+       AND NEW.status OPERATOR(pg_catalog.=) ANY ('{pending,running,retrying,paused,failed,completed,cancelling,cancelled}'::pg_catalog.text[]) THEN
+        -- The legal moves: the table of squidmesh.state_machine (a test tries
+        -- all 64 pairs). Written inline: a call of a SQL function here cost
+        -- 8 % of transition_run at concurrency 1, this costs nothing measurable.
+        legal := CASE
+               WHEN OLD.status OPERATOR(pg_catalog.=) 'pending' THEN NEW.status
+                   OPERATOR(pg_catalog.=) ANY ('{running,failed,cancelled}'::pg_catalog.text[])
+               WHEN OLD.status OPERATOR(pg_catalog.=) 'running' THEN NEW.status
+                   OPERATOR(pg_catalog.=) ANY ('{retrying,paused,failed,completed,cancelling}'::pg_catalog.text[])
+               WHEN OLD.status OPERATOR(pg_catalog.=) 'retrying' THEN NEW.status
+                   OPERATOR(pg_catalog.=) ANY ('{running,failed,cancelling}'::pg_catalog.text[])
+               WHEN OLD.status OPERATOR(pg_catalog.=) 'paused' THEN NEW.status
+                   OPERATOR(pg_catalog.=) ANY ('{running,failed,completed,cancelled}'::pg_catalog.text[])
+               WHEN OLD.status OPERATOR(pg_catalog.=) 'cancelling' THEN NEW.status
+                   OPERATOR(pg_catalog.=) ANY ('{cancelled,failed}'::pg_catalog.text[])
+               ELSE false
+           END;
+        IF legal THEN
+            RETURN NEW;
+        END IF;
+        IF pg_catalog.current_setting('squidmesh.unchecked_moves', true)
            IS DISTINCT FROM 'on' THEN
-        RAISE EXCEPTION 'cannot move run % from % to %', OLD.id, OLD.status, NEW.status
-            USING ERRCODE = 'SQM01',
-                  DETAIL = pg_catalog.json_build_object(
-                      'from_status', OLD.status, 'to_status', NEW.status)::pg_catalog.text;
+            RAISE EXCEPTION 'cannot move run % from % to %', OLD.id, OLD.status, NEW.status
+                USING ERRCODE = 'SQM01',
+                      DETAIL = pg_catalog.json_build_object(
+                          'from_status', OLD.status, 'to_status', NEW.status)::pg_catalog.text;
+        END IF;
     END IF;
     RETURN NEW;
 END;

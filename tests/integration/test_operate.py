@@ -242,13 +242,38 @@ async def test_concurrent_versioned_writers_have_one_winner_per_version(store: R
 # -- the state machine in the database ---------------------------------------------
 
 
-async def test_the_database_table_of_moves_equals_the_state_machine(pool: asyncpg.Pool) -> None:
-    statuses = [s.value for s in state_machine.STATES]
-    for a in statuses:
-        for b in statuses:
-            legal = await pool.fetchval("SELECT squidmesh.legal_move($1, $2)", a, b)
-            assert legal == state_machine.can_transition(a, b), (a, b)
-    assert await pool.fetchval("SELECT squidmesh.legal_move('pending', 'bogus')") is None
+async def test_the_database_refuses_exactly_the_moves_the_state_machine_forbids(
+    store: RunStore, pool: asyncpg.Pool
+) -> None:
+    statuses = [st.value for st in state_machine.STATES]
+    run = await store.create_run(INVOICE_REMINDER, PAYLOAD)
+    async with pool.acquire() as conn:
+        for a in statuses:
+            for b in statuses:
+                if a == b:
+                    continue
+                async with conn.transaction():
+                    # Put the run in `a` (any move allowed for this step only),
+                    # then try `a -> b` as any client would.
+                    await conn.execute("SET LOCAL squidmesh.unchecked_moves = on")
+                    await conn.execute(
+                        "UPDATE squidmesh.runs SET status = $2 WHERE id = $1", run.id, a
+                    )
+                    await conn.execute("SET LOCAL squidmesh.unchecked_moves = off")
+                    try:
+                        async with conn.transaction():  # a savepoint
+                            await conn.execute(
+                                "UPDATE squidmesh.runs SET status = $2 WHERE id = $1", run.id, b
+                            )
+                        refused = False
+                    except asyncpg.PostgresError as exc:
+                        assert exc.sqlstate == "SQM01", exc
+                        assert a in str(exc) and b in str(exc)
+                        refused = True
+                assert refused == (not state_machine.can_transition(a, b)), (a, b)
+    # A value that is not a status at all is left to the CHECK constraint.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute("UPDATE squidmesh.runs SET status = 'bogus' WHERE id = $1", run.id)
 
 
 async def test_a_raw_illegal_status_change_is_refused_naming_both(

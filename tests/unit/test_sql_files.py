@@ -124,7 +124,6 @@ def test_every_function_a_migration_created_has_its_current_body_in_a_function_f
         "squidmesh.step_run_json",
         "squidmesh.cancel_run",
         "squidmesh.cancel_run_v2",
-        "squidmesh.legal_move",
         "squidmesh.runs_write",
     }
 
