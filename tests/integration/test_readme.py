@@ -113,15 +113,15 @@ def _blocks(heading: str) -> list[str]:
     return blocks
 
 
-async def _run_block(code: str, store: Any) -> None:
+async def _run_block(code: str, store: Any, run: Any = None) -> None:
     import squidmesh
 
-    body = "async def _block(store, squidmesh):\n" + "".join(
+    body = "async def _block(store, squidmesh, run):\n" + "".join(
         f"    {line}\n" for line in code.splitlines()
     )
     namespace: dict[str, Any] = {}
     exec(compile(body, "README.md", "exec"), namespace)
-    await namespace["_block"](store, squidmesh)
+    await namespace["_block"](store, squidmesh, run)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +137,16 @@ async def test_readme_store_blocks_run(store: Any, heading: str) -> None:
         await store.create_run("billing.invoice_reminder", {"account_id": f"a{i}"})
     for code in _blocks(heading):
         await _run_block(code, store)
+
+
+async def test_readme_history_block_runs_on_a_running_run(store: Any) -> None:
+    run = await store.create_run("billing.invoice_reminder", {"account_id": "a"})
+    run = await store.transition_run(run.id, "running")
+    (code,) = _blocks("History, pauses and approvals")
+    await _run_block(code, store, run)
+    full = await store.get_run(run.id, include_history=True)
+    assert full.status == "paused"  # complete_manual_step leaves the run paused
+    assert [e.type for e in full.audit_events] == ["paused", "approved"]
 
 
 async def test_readme_testing_blocks_run_as_an_outside_project(
