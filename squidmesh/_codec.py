@@ -46,7 +46,6 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _map_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 _opt_map_decoder: Final = msgspec.json.Decoder(dict[str, Any] | None)
 run_decoder: Final = msgspec.json.Decoder(Run)
-runs_decoder: Final = msgspec.json.Decoder(list[Run])
 
 
 def json_problem(value: object, path: str = "$") -> str | None:
@@ -155,7 +154,3 @@ def decode_opt_map(text: str | None) -> JSONMap | None:
 
 def decode_run(text: str | bytes) -> Run:
     return run_decoder.decode(text)
-
-
-def decode_runs(text: str | bytes) -> list[Run]:
-    return runs_decoder.decode(text)

@@ -39,6 +39,7 @@ from ._errors import InvalidArgument, InvalidCursor
 from ._ids import parse_id
 from ._queries import SQL
 from ._types import Run, RunPage, RunStatus
+from ._values import MAX_BIGINT, aware_datetime
 from ._workflow import Workflow
 
 #: The largest page ``page_runs`` returns: a page is one statement's result,
@@ -47,7 +48,6 @@ MAX_PAGE_SIZE: Final = 1000
 
 # list_runs: an int past PostgreSQL's bigint cannot be a LIMIT, and no table
 # holds that many rows: it means "no limit" like any other non-positive value.
-_MAX_LIMIT: Final = 2**63 - 1
 
 _ALL_STATUSES: Final = tuple(status.value for status in state_machine.STATES)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -166,7 +166,7 @@ class ListingOps:
         replayed_from: UUID | str | None = None,
         limit: int | None = None,
     ) -> list[Run]:
-        lim = limit if type(limit) is int and 0 < limit <= _MAX_LIMIT else None
+        lim = limit if type(limit) is int and 0 < limit <= MAX_BIGINT else None
         filters = _filters(workflow, status, trigger, created_after, created_before, replayed_from)
         if filters.empty:
             return []
@@ -283,8 +283,8 @@ def _filters(
     they match nothing, as ``get_run`` answers RunNotFound for such an id.
     """
     name = workflow.name if isinstance(workflow, Workflow) else workflow
-    after = _instant("created_after", created_after)
-    before = _instant("created_before", created_before)
+    after = aware_datetime("created_after", created_after)
+    before = aware_datetime("created_before", created_before)
     statuses = _statuses(status)
     source = None if replayed_from is None else parse_id(replayed_from)
     empty = (
@@ -326,18 +326,6 @@ def _storable(name: object) -> bool:
 def _name(name: object) -> str | None:
     """A name filter as the digest sees it (a name that is not a str matches nothing)."""
     return name if name is None or isinstance(name, str) else repr(name)
-
-
-def _instant(name: str, value: object) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise InvalidArgument(name, f"must be a datetime or None, not {type(value).__name__}")
-    if value.utcoffset() is None:
-        # A naive datetime names no instant: read in the server's TimeZone it
-        # would silently move the bound by the server's offset.
-        raise InvalidArgument(name, "must be timezone-aware (a naive datetime names no instant)")
-    return value
 
 
 def _micros(value: datetime) -> int:

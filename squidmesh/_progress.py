@@ -115,7 +115,7 @@ class ProgressOps:
         self,
         workflow: Workflow | str,
         payload: object,
-        dispatch: DispatchFn | None,
+        dispatch: DispatchFn,
         trigger: str | None,
         idempotency_key: object,
     ) -> tuple[Run, list[object], bool]:
@@ -127,7 +127,7 @@ class ProgressOps:
             )
             if not created:
                 return run, [], False
-            extra = [] if dispatch is None else await _dispatch(conn, dispatch, run)
+            extra = await _dispatch(conn, dispatch, run)
         return run, [RunCreated(run=run), *extra], True
 
     async def replay_and_dispatch(self, run_id: object, dispatch: DispatchFn) -> Outcome:

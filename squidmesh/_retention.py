@@ -43,7 +43,7 @@ from ._events import RunTransitioned
 from ._queries import SQL
 from ._runs import CANCELLED_WHILE_PAUSED_TEXT, cancel_events
 from ._types import PruneReport, Run, RunChanges, RunStatus
-from ._values import FieldWrites, coerce_changes, field_writes
+from ._values import FieldWrites, aware_datetime, coerce_changes, field_writes
 from ._workflow import Workflow
 
 MAX_BATCH_SIZE: Final = 10_000
@@ -138,7 +138,7 @@ class RetentionOps:
         # A run already cancelling, or finished, is one cancel_run would not
         # change (it refuses the finished ones): never a candidate.
         targets = [s.value for s in CANCELLABLE if s in asked]
-        before = _check_timestamp("created_before", created_before)
+        before = aware_datetime("created_before", created_before)
         size = _check_batch_size(batch_size)
         return self._cancel(wf, targets, before, size)
 
@@ -299,14 +299,6 @@ def _check_workflow(value: object) -> _Filter:
     if _codec.text_problem(name):
         return _Filter(None, nothing=True)
     return _Filter(name, nothing=False)
-
-
-def _check_timestamp(name: str, value: object) -> dt.datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, dt.datetime) or value.utcoffset() is None:
-        raise InvalidArgument(name, f"must be a timezone-aware datetime or None, not {value!r}")
-    return value
 
 
 def _coerce_statuses(name: str, value: object) -> frozenset[RunStatus]:

@@ -29,7 +29,7 @@ from ._payload import build_payload
 from ._queries import SQL, Conn, Executor, ServerFeatures
 from ._registry import Registry
 from ._types import JSONMap, Run, RunStatus
-from ._values import FieldWrites, run_uuid
+from ._values import MAX_BIGINT, FieldWrites, run_uuid
 from ._workflow import Workflow
 
 # Written to the paused step's step run and attempt when its run is cancelled
@@ -39,10 +39,6 @@ CANCELLED_WHILE_PAUSED: Final[JSONMap] = {
     "reason": "cancelled",
 }
 CANCELLED_WHILE_PAUSED_TEXT: Final = _codec.encode(CANCELLED_WHILE_PAUSED)
-
-# An int past PostgreSQL's bigint cannot be a LIMIT, and no table holds that
-# many rows: it means "no limit" like any other non-positive value.
-_MAX_LIMIT: Final = 2**63 - 1
 
 
 class RunOps:
@@ -215,7 +211,7 @@ def check_expected_version(value: object) -> int | None:
     """``expected_version`` as given: None (no check) or a version number."""
     if value is None:
         return None
-    if type(value) is not int or not 1 <= value <= _MAX_LIMIT:
+    if type(value) is not int or not 1 <= value <= MAX_BIGINT:
         raise InvalidArgument("expected_version", f"must be None or a positive int, not {value!r}")
     return value
 

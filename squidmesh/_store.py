@@ -205,12 +205,17 @@ class RunStore:
             IdempotencyConflict: the key was used with another trigger or payload.
             InvalidArgument: the key is not a str of 1 to 255 storable characters.
         """
-        run, created = await self._runs.insert(
-            self._pool, workflow, payload, trigger, idempotency_key
-        )
+        run, _ = await self._create(workflow, payload, trigger, idempotency_key)
+        return run
+
+    async def _create(
+        self, workflow: Workflow | str, payload: object, trigger: str | None, key: object
+    ) -> tuple[Run, bool]:
+        """One INSERT (and, when a key yields, one read); ``RunCreated`` if created now."""
+        run, created = await self._runs.insert(self._pool, workflow, payload, trigger, key)
         if created:
             await self._bus.emit((RunCreated(run=run),))
-        return run
+        return run, created
 
     async def get_or_create_run(
         self,
@@ -236,6 +241,8 @@ class RunStore:
             InvalidWorkflow, InvalidTrigger, InvalidPayload, InvalidRun: as
                 for ``create_run``.
         """
+        if dispatch is None:
+            return await self._create(workflow, payload, trigger, idempotency_key)
         run, events, created = await self._progress.create_and_dispatch(
             workflow, payload, dispatch, trigger, idempotency_key
         )

@@ -7,13 +7,14 @@ store is refused with ``InvalidRun`` and nothing is written.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 from msgspec import UNSET
 
 from . import _codec
-from ._errors import InvalidRun, RunNotFound
+from ._errors import InvalidArgument, InvalidRun, RunNotFound
 from ._ids import parse_id
 from ._types import RunChanges
 from ._workflow import MAX_NAME_LENGTH
@@ -36,6 +37,9 @@ class FieldWrites(NamedTuple):
 
 
 NO_CHANGES: Final = FieldWrites()
+
+# PostgreSQL's bigint: the largest LIMIT, version or count a statement takes.
+MAX_BIGINT: Final = 2**63 - 1
 
 
 def coerce_changes(changes: RunChanges | Mapping[str, Any] | None) -> RunChanges:
@@ -124,3 +128,18 @@ def run_uuid(run_id: object) -> UUID:
     if parsed is None:
         raise RunNotFound(run_id)
     return parsed
+
+
+def aware_datetime(name: str, value: object) -> datetime | None:
+    """A time bound as given: None, or a timezone-aware datetime."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgument(
+            name, f"must be a timezone-aware datetime or None, not {type(value).__name__}"
+        )
+    if value.utcoffset() is None:
+        # A naive datetime names no instant: read in the server's TimeZone it
+        # would silently move the bound by the server's offset.
+        raise InvalidArgument(name, "must be timezone-aware (a naive datetime names no instant)")
+    return value

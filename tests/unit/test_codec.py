@@ -283,13 +283,6 @@ def test_decode_run_rejects_an_unknown_status() -> None:
         _codec.decode_run(msgspec.json.encode(_run_json(status="RUNNING")))
 
 
-def test_decode_runs() -> None:
-    docs = [_run_json(), _run_json(id=str(SOURCE_ID), replayed_from_run_id=None)]
-    runs = _codec.decode_runs(msgspec.json.encode(docs))
-    assert [r.id for r in runs] == [RUN_ID, SOURCE_ID]
-    assert _codec.decode_runs("[]") == []
-
-
 def test_run_struct_round_trip() -> None:
     run = _codec.decode_run(msgspec.json.encode(_run_json()))
     again = _codec.decode_run(msgspec.json.encode(run))
