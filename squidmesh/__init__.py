@@ -18,6 +18,7 @@ from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidCursor as InvalidCursor
 from ._errors import InvalidPayload as InvalidPayload
+from ._errors import InvalidPosition as InvalidPosition
 from ._errors import InvalidRun as InvalidRun
 from ._errors import InvalidTransition as InvalidTransition
 from ._errors import InvalidTrigger as InvalidTrigger
@@ -28,6 +29,7 @@ from ._errors import SquidMeshError as SquidMeshError
 from ._errors import StepRunNotFound as StepRunNotFound
 from ._errors import UnknownStatus as UnknownStatus
 from ._errors import VersionConflict as VersionConflict
+from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._events import DispatchEvents as DispatchEvents
 from ._events import Event as Event
@@ -38,10 +40,12 @@ from ._events import StepFailed as StepFailed
 from ._migrate import migrate as migrate
 from ._store import RunStore as RunStore
 from ._store import no_reset as no_reset
+from ._types import ChangePage as ChangePage
 from ._types import PauseResult as PauseResult
 from ._types import PruneReport as PruneReport
 from ._types import Run as Run
 from ._types import RunAuditEvent as RunAuditEvent
+from ._types import RunChange as RunChange
 from ._types import RunChanges as RunChanges
 from ._types import RunPage as RunPage
 from ._types import RunStatus as RunStatus
@@ -94,6 +98,10 @@ __all__ = (
     "AttemptNotFound",
     "IdempotencyConflict",
     "InvalidArgument",
+    "InvalidPosition",
+    "WaitTimeout",
+    "RunChange",
+    "ChangePage",
     "InvalidCursor",
     "InvalidPayload",
     "InvalidRun",

@@ -163,11 +163,40 @@ async def _tour(dsn: str) -> None:
         _line("")
         _table(await store.list_runs(workflow=invoice_reminder, limit=10))
 
-        _say("9. Events the listeners received (after each commit)")
+        await _react_tour(store)
+
+        _say("10. Events the listeners received (after each commit)")
         counts: dict[str, int] = {}
         for event in events:
             counts[type(event).__name__] = counts.get(type(event).__name__, 0) + 1
         _line(", ".join(f"{name} x{n}" for name, n in counts.items()))
+
+
+async def _react_tour(store: RunStore) -> None:
+    """A worker claims pending runs while a caller awaits one of them."""
+    _say("9. React to runs: a worker claims pending runs, a caller awaits one")
+    queued = [
+        await store.create_run(
+            invoice_reminder,
+            {"account_id": f"acct_{n}", "invoice_id": f"inv_{n}", "amount_cents": 100 * n},
+        )
+        for n in (11, 12, 13)
+    ]
+
+    async def worker() -> None:
+        # FOR UPDATE SKIP LOCKED: more workers would each get other runs.
+        while batch := await store.claim_runs(workflow=invoice_reminder, limit=2):
+            _line(f"worker claimed {', '.join(_short(r) for r in batch)} (pending -> running)")
+            for claimed in batch:
+                await store.transition_run(claimed.id, "completed")
+
+    task = asyncio.create_task(worker())
+    result = await store.wait_for(queued[-1].id, timeout=30)
+    await task
+    _line(f"wait_for({_short(result)}) returned once it was {result.status.value}")
+    full = await store.get_run(result.id, include_history=True)
+    moves = ", ".join(f"{t.from_status or 'new'} -> {t.to_status}" for t in full.transitions or [])
+    _line(f"its transition log: {moves}")
 
 
 async def _history_tour(store: RunStore) -> None:

@@ -239,6 +239,36 @@ class InvalidCursor(SquidMeshError, ValueError):
     __reduce__ = _rebuilt_from("cursor")
 
 
+class InvalidPosition(InvalidCursor):
+    """Raised when a change-feed position was not made by squidmesh, or is
+    older than the feed keeps (``prune_feed`` removes old ticks)."""
+
+    def __init__(self, position: object, reason: str) -> None:
+        self.cursor = position
+        self.position = position
+        self.reason = reason
+        SquidMeshError.__init__(self, f"invalid feed position {position!r}: {reason}")
+
+    __reduce__ = _rebuilt_from("position", "reason")
+
+
+class WaitTimeout(SquidMeshError, TimeoutError):
+    """Raised by ``wait_for`` when the run did not reach one of the statuses in time."""
+
+    def __init__(self, run_id: object, statuses: object, timeout: float) -> None:
+        self.run_id = run_id
+        self.statuses = statuses
+        self.timeout = timeout
+        wanted = (
+            ", ".join(str(s) for s in statuses)
+            if isinstance(statuses, (list, tuple, frozenset, set))
+            else str(statuses)
+        )
+        super().__init__(f"run {str(run_id)!r} did not reach {wanted} within {timeout} s")
+
+    __reduce__ = _rebuilt_from("run_id", "statuses", "timeout")
+
+
 class InvalidArgument(SquidMeshError, ValueError):
     """Raised when an argument is outside what an operation accepts."""
 

@@ -159,12 +159,21 @@ def _log_failure(listener: Listener, event: object) -> None:
 class EventBus:
     """A store's listeners; ``emit`` delivers events to them after commit."""
 
-    __slots__ = ("_listeners",)
+    __slots__ = ("_listeners", "_observe")
 
-    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+    def __init__(
+        self,
+        listeners: Iterable[Listener] = (),
+        observe: Callable[[Sequence[object]], None] | None = None,
+    ) -> None:
         self._listeners = list(listeners)
+        # The store's watcher, told first and synchronously: a waiter of this
+        # process gets a run it changed without a query.
+        self._observe = observe
 
     async def emit(self, events: Sequence[object]) -> None:
         """Deliver ``events`` (see ``emit``); free when there is nothing to deliver."""
+        if self._observe is not None and events:
+            self._observe(events)
         if self._listeners and events:
             await emit(self._listeners, events)

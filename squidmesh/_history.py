@@ -1,8 +1,9 @@
 """The history read behind ``get_run(run_id, include_history=True)``.
 
-One statement returns the run, its step runs (each with its attempts) and
-what each step run recorded (its kind, a human decision); the declared-step
-view and the audit events are derived from it here, in Python.
+One statement returns the run, its step runs (each with its attempts), what
+each step run recorded (its kind, a human decision) and the run's status
+changes from the transition log; the declared-step view and the audit events
+are derived from it here, in Python.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgspec
 from . import _queries
 from ._queries import SQL
 from ._registry import Registry
-from ._types import JSONMap, Run, RunAuditEvent, RunStepState, StepRun
+from ._types import JSONMap, Run, RunAuditEvent, RunChange, RunStepState, StepRun
 from ._workflow import MANUAL_STEP_KINDS, Workflow
 
 
@@ -40,6 +41,8 @@ class _StoredStepRun(msgspec.Struct, frozen=True):
 class _History(msgspec.Struct, frozen=True):
     run: Run
     step_runs: list[_StoredStepRun]
+    # Oldest first, each with position "" (not a place in the change feed).
+    transitions: list[RunChange]
 
 
 _history_decoder: Final = msgspec.json.Decoder(_History)
@@ -55,10 +58,12 @@ class HistoryOps:
         self._registry = registry
 
     async def read(self, run_id: UUID) -> Run | None:
-        """The run with step_runs, steps and audit_events; None if it does not exist.
+        """The run with step_runs, steps, audit_events and transitions; None if
+        it does not exist.
 
         One round trip (one statement, no transaction): the run, its step runs
-        and their attempts arrive as one JSON text from a single snapshot.
+        and their attempts, and its transitions arrive as one JSON text from a
+        single snapshot.
         """
         text = await _queries.value(self._pool, SQL.run_history, run_id)
         if text is None:
@@ -71,6 +76,7 @@ class HistoryOps:
             step_runs=step_runs,
             steps=_declared_steps(definition, step_runs),
             audit_events=_audit_events(definition, history.step_runs),
+            transitions=history.transitions,
         )
 
 

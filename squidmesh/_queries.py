@@ -80,6 +80,7 @@ class Queries:
     cancel_runs_waiting: LiteralString
     transition_stale_runs: LiteralString
     transition_stale_runs_waiting: LiteralString
+    lock_and_prune_feed_ticks: LiteralString
     # listing.sql
     select_runs: LiteralString
     select_runs_by_workflow: LiteralString
@@ -90,6 +91,14 @@ class Queries:
     count_runs_by_workflow: LiteralString
     count_runs_by_trigger: LiteralString
     count_runs_by_workflow_trigger: LiteralString
+    # feed.sql
+    read_changes: LiteralString
+    feed_tick: LiteralString
+    newest_tick: LiteralString
+    get_runs_by_ids: LiteralString
+    # claims.sql
+    claim_runs: LiteralString
+    claim_runs_by_workflow: LiteralString
 
     def __init__(self, texts: Mapping[str, str]) -> None:
         declared = set(get_type_hints(type(self)))

@@ -1,4 +1,5 @@
-"""Operations over many runs at once: prune_runs, cancel_runs, sweep_stale_runs.
+"""Operations over many rows at once: prune_runs, cancel_runs, sweep_stale_runs,
+and prune_feed (the change feed's old ticks).
 
 Each works in batches, one statement per batch in a READ COMMITTED
 transaction of its own, so no transaction locks more than ``batch_size`` runs
@@ -27,6 +28,12 @@ of candidates is fixed then: the loop ends even while new runs keep arriving.
 per committed batch, so the facade reports a batch's events after its commit
 and before the next batch starts; they check their arguments when they are
 called, before anything is sent.
+
+A pruned run's rows of the transition log (its history, and the feed's
+source) are deleted by the statement that deletes the run. ``prune_feed``
+deletes old feed ticks, in batches too: ticks are never locked by anything
+else, so it needs only the first form (SKIP LOCKED keeps concurrent prunes
+apart).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ from ._values import FieldWrites, aware_datetime, coerce_changes, field_writes
 from ._workflow import Workflow
 
 MAX_BATCH_SIZE: Final = 10_000
+# A tick is a small row nothing else locks: larger batches are fine.
+MAX_FEED_BATCH_SIZE: Final = 100_000
 
 # What prune_runs may delete by default, and at most.
 TERMINAL: Final = (RunStatus.FAILED, RunStatus.COMPLETED, RunStatus.CANCELLED)
@@ -121,6 +130,28 @@ class RetentionOps:
             by_status=by_status,
             dry_run=dry_run,
         )
+
+    # -- prune_feed ---------------------------------------------------------
+
+    async def prune_feed(self, *, older_than: object, batch_size: object) -> int:
+        """Delete the feed ticks made before the database clock minus ``older_than``,
+        never tick 0 nor the newest; how many were deleted."""
+        age = _check_age("older_than", older_than)
+        size = _check_batch_size(batch_size, MAX_FEED_BATCH_SIZE)
+        cutoff = await self._cutoff(age)
+        if cutoff is None:
+            return 0
+        total = 0
+        after = 0
+        while True:
+            (row,) = await self._batch(SQL.lock_and_prune_feed_ticks, size, after, cutoff)
+            deleted: int = row["deleted"]
+            total += deleted
+            # Fewer than asked: none left after the cursor, or the rest is
+            # held by a concurrent prune, which deletes it.
+            if deleted < size:
+                return total
+            after = row["last_id"]
 
     # -- cancel_runs --------------------------------------------------------
 
@@ -278,11 +309,9 @@ def _check_age(name: str, value: object) -> dt.timedelta:
     return value
 
 
-def _check_batch_size(value: object) -> int:
-    if type(value) is not int or not 1 <= value <= MAX_BATCH_SIZE:
-        raise InvalidArgument(
-            "batch_size", f"must be an int from 1 to {MAX_BATCH_SIZE}, not {value!r}"
-        )
+def _check_batch_size(value: object, maximum: int = MAX_BATCH_SIZE) -> int:
+    if type(value) is not int or not 1 <= value <= maximum:
+        raise InvalidArgument("batch_size", f"must be an int from 1 to {maximum}, not {value!r}")
     return value
 
 

@@ -19,12 +19,15 @@ from types import TracebackType
 from typing import Any
 from uuid import UUID
 
+import anyio
 import asyncpg
 from msgspec import UNSET, UnsetType
 
 from . import state_machine
-from ._errors import RunNotFound
+from ._claims import ClaimOps
+from ._errors import RunNotFound, WaitTimeout
 from ._events import EventBus, Listener, RunCreated, RunReplayed
+from ._feed import FeedOps
 from ._history import HistoryOps
 from ._listing import ListingOps
 from ._progress import ProgressOps
@@ -34,11 +37,13 @@ from ._retention import RetentionOps
 from ._runs import RunOps, check_expected_version
 from ._steps import StepOps
 from ._types import (
+    ChangePage,
     JSONMap,
     PauseResult,
     PruneReport,
     Run,
     RunAuditEvent,
+    RunChange,
     RunChanges,
     RunPage,
     RunStatus,
@@ -46,6 +51,13 @@ from ._types import (
     StepRun,
 )
 from ._values import encode_json_map, field_writes, run_uuid
+from ._watch import (
+    DEFAULT_POLL_INTERVAL,
+    Watcher,
+    check_poll_interval,
+    wait_statuses,
+    wait_timeout,
+)
 from ._workflow import Workflow
 from .progress import ChangesFn, DispatchFn, Operation
 
@@ -77,6 +89,14 @@ class RunStore:
     The store has a lifecycle: ``await store.aclose()``, or ``async with
     RunStore(pool, ...) as store:``, stops what it started. It does not close
     a pool it was given (``RunStore.connect`` closes the one it opened).
+
+    ``wait_for`` and ``changes`` are served by one background watcher per
+    store, which holds at most one pooled connection at a time. With
+    ``listen_dsn`` (a direct connection URL, never a transaction-mode
+    pooler's), it also LISTENs there, so changes other processes commit
+    reach it within a tick (about 50 ms); otherwise it polls every
+    ``poll_interval`` seconds (default 0.25) while anyone waits. A change
+    this store commits reaches its own waiters at once either way.
     """
 
     def __init__(
@@ -85,16 +105,21 @@ class RunStore:
         *,
         workflows: Iterable[Workflow] = (),
         listeners: Iterable[Listener] = (),
+        listen_dsn: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         self._pool = pool
         self._registry = Registry(workflows)
-        self._bus = EventBus(listeners)
+        self._feed = FeedOps(pool)
+        self._watch = Watcher(pool, self._feed, listen_dsn, check_poll_interval(poll_interval))
+        self._bus = EventBus(listeners, self._watch.observe)
         self._server = ServerFeatures()
         self._runs = RunOps(pool, self._registry, self._server)
         self._steps = StepOps(pool, self._registry)
         self._history = HistoryOps(pool, self._registry)
         self._progress = ProgressOps(pool, self._runs)
         self._retention = RetentionOps(pool)
+        self._claims = ClaimOps(pool)
         self._listing = ListingOps(pool)
         self._closed = False
 
@@ -107,6 +132,8 @@ class RunStore:
         workflows: Iterable[Workflow] = (),
         listeners: Iterable[Listener] = (),
         migrate: bool = False,
+        listen: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         min_size: int = 1,
         max_size: int = 16,
         **pool_options: Any,
@@ -117,8 +144,12 @@ class RunStore:
 
         Args:
             dsn: a libpq connection URL.
-            workflows, listeners: as for ``RunStore(...)``.
+            workflows, listeners, poll_interval: as for ``RunStore(...)``.
             migrate: apply pending schema migrations first.
+            listen: wake-ups for ``wait_for`` and ``changes`` from a LISTEN
+                connection to ``dsn`` (set it to False behind a
+                transaction-mode pooler, where LISTEN does not work; they
+                then poll).
             min_size, max_size, pool_options: passed to ``asyncpg.create_pool``.
         """
         from ._migrate import migrate as apply_migrations
@@ -128,7 +159,13 @@ class RunStore:
         try:
             if migrate:
                 await apply_migrations(pool)
-            async with cls(pool, workflows=workflows, listeners=listeners) as store:
+            async with cls(
+                pool,
+                workflows=workflows,
+                listeners=listeners,
+                listen_dsn=dsn if listen else None,
+                poll_interval=poll_interval,
+            ) as store:
                 yield store
         finally:
             await pool.close()
@@ -138,10 +175,13 @@ class RunStore:
     async def aclose(self) -> None:
         """Stop what the store started. Idempotent; the pool stays open.
 
-        Nothing runs in the background yet; waiting for runs and the change
-        feed will start their listener here, and this stops it.
+        ``wait_for`` and ``changes`` start a background watcher (and, with a
+        ``listen_dsn``, its listening connection) on first use; this stops
+        it: a pending ``wait_for`` raises ``RuntimeError``, a ``changes``
+        iteration ends, and both refuse to start again.
         """
         self._closed = True
+        await self._watch.close()
 
     async def __aenter__(self) -> RunStore:
         return self
@@ -582,9 +622,9 @@ class RunStore:
         completed and cancelled; only those may be given) and its
         ``updated_at`` is older than the database clock at the call minus
         ``older_than``. Step runs and attempts go with their run (the foreign
-        keys cascade). A replay of a pruned run stays, with
-        ``replayed_from_run_id`` set to None (a write of the replay: its
-        ``version`` and ``updated_at`` move).
+        keys cascade), and so do its rows of the transition log. A replay of
+        a pruned run stays, with ``replayed_from_run_id`` set to None (a
+        write of the replay: its ``version`` and ``updated_at`` move).
 
         Works in batches of at most ``batch_size`` runs, each one statement in
         its own transaction, so a large prune never holds many locks or one
@@ -619,6 +659,48 @@ class RunStore:
             batch_size=batch_size,
             dry_run=dry_run,
         )
+
+    async def prune_feed(
+        self,
+        *,
+        older_than: dt.timedelta = dt.timedelta(days=7),
+        batch_size: int = 10000,
+    ) -> int:
+        """Delete the change feed's ticks made more than ``older_than`` ago.
+
+        A tick marks where a window of the feed ends; positions that
+        ``read_changes`` and ``changes`` hand out name one. A tick is deleted
+        when its ``made_at`` is older than the database clock at the call
+        minus ``older_than``. Tick 0 (where ``after=None`` starts reading) and
+        the newest tick are never deleted, so reading from the beginning and
+        following the feed keep working whatever is pruned. The transition
+        log itself is not touched: a run's log rows go with the run
+        (``prune_runs``).
+
+        A consumer whose saved position names a deleted tick gets
+        ``InvalidPosition`` from ``read_changes`` and ``changes``: choose
+        ``older_than`` longer than any consumer may stay behind (it can start
+        again from ``None``, the whole log, and deduplicate by ``(run_id,
+        run_version)``).
+
+        Works in batches of at most ``batch_size`` ticks, each one statement
+        in its own transaction. Concurrent calls share the work (each skips
+        the ticks another is deleting). Batches committed before an error or a
+        cancellation stay deleted. Ticks made after the call started are not
+        deleted.
+
+        Args:
+            older_than: how old a tick must be (>= 0; default seven days).
+            batch_size: ticks per transaction, 1 to 100000.
+
+        Returns:
+            How many ticks this call deleted.
+
+        Raises:
+            InvalidArgument: ``older_than`` is not a timedelta >= 0;
+                ``batch_size`` is not an int from 1 to 100000.
+        """
+        return await self._retention.prune_feed(older_than=older_than, batch_size=batch_size)
 
     async def cancel_runs(
         self,
@@ -728,6 +810,51 @@ class RunStore:
                 await self._bus.emit(events)
                 moved += runs
         return moved
+
+    async def claim_runs(
+        self,
+        *,
+        workflow: Workflow | str | None = None,
+        limit: int = 10,
+        changes: RunChanges | Mapping[str, Any] | None = None,
+    ) -> list[Run]:
+        """Move up to ``limit`` pending runs to running and return them: a worker's claim.
+
+        The oldest pending runs (by ``inserted_at``, then ``id``) are taken,
+        of ``workflow`` when given, skipping runs another transaction holds
+        (``FOR UPDATE SKIP LOCKED``). One statement, one round trip, its own
+        transaction (READ COMMITTED semantics whatever the session's
+        default): concurrent claimers, in this process or others, never get
+        the same run and never wait on each other (a claim returns at once
+        with what is free, possibly fewer than ``limit`` runs, or none).
+        Each claimed run gets ``changes`` written with the move (the same
+        fields for every run; not given = unchanged, None = cleared), its
+        version bumped and a pending -> running row in the transition log.
+        ``RunTransitioned`` is reported per run after commit, oldest first.
+        A caller cancelled after the commit (a timeout, say) never sees the
+        runs it claimed: they stay running, and
+        ``sweep_stale_runs(status="running", ...)`` finds them.
+
+        Args:
+            workflow: only runs of this workflow (a ``Workflow`` or its name;
+                it need not be registered: a worker may claim any
+                workflow's runs by name). None for every workflow.
+            limit: the most runs to claim, an int from 1 to 1000.
+            changes: a ``RunChanges`` or a dict of its fields
+                (``context``, ``current_step``, ``last_error``); None for none.
+
+        Returns:
+            The claimed runs as committed (status running), oldest first.
+
+        Raises:
+            InvalidArgument: ``limit`` is not an int from 1 to 1000 (a bool
+                is not); ``workflow`` is not None, a ``Workflow`` or a name
+                of 1 to 255 storable characters (nothing is written).
+            InvalidRun: a change cannot be stored (nothing is written).
+        """
+        runs, events = await self._claims.claim(workflow, limit, changes)
+        await self._bus.emit(events)
+        return runs
 
     # -- changes with caller code under the lock ------------------------
 
@@ -914,6 +1041,117 @@ class RunStore:
         )
         await self._bus.emit(events)
         return run
+
+    # -- reacting to runs: the change feed and waiting --------------------
+
+    async def read_changes(
+        self, after: str | None = None, *, workflow: str | None = None, limit: int = 500
+    ) -> ChangePage:
+        """The next committed status changes after a position, oldest first.
+
+        ``after`` is a position this feed gave (``ChangePage.position`` or a
+        ``RunChange.position``), or None for the beginning of the log. Pass
+        the returned ``position`` back as ``after``: it moves even when
+        ``changes`` is empty. A consumer that stores the position of the last
+        change it handled (in the same transaction as what it did with it)
+        and restarts from it misses nothing and sees nothing twice, also when
+        transactions commit in another order than they began; a rolled-back
+        change never appears. Changes of one run come in the order they were
+        made (``run_version`` increasing). With ``workflow``, only that
+        workflow's changes are returned (the position still moves past the
+        others).
+
+        A change becomes readable once a *tick* after its commit exists; a
+        read makes one when the newest is older than 50 ms, so a change
+        waits at most about that long. One round trip.
+
+        Raises:
+            InvalidPosition: ``after`` was not made by squidmesh, or its tick
+                was removed by ``prune_feed``.
+            InvalidArgument: ``limit`` is not an int from 1 to 10,000, or
+                ``workflow`` is not a str.
+        """
+        return await self._feed.read(after, workflow, limit)
+
+    async def changes(
+        self, after: str | None = None, *, workflow: str | None = None, batch_size: int = 500
+    ) -> AsyncIterator[RunChange]:
+        """Every status change after ``after``, as it commits, for ever.
+
+        Catches up with ``read_changes`` (pages of ``batch_size``), then waits
+        for new changes and yields them. Each ``RunChange.position`` is where
+        to resume after that change. Runs until the consumer stops iterating
+        (``break``, or the task is cancelled) or the store is closed. Every
+        ``changes`` of the process shares the store's one watcher; waking up
+        takes a tick (about 50 ms) for this store's own writes and for other
+        processes' writes with a ``listen_dsn``, up to ``poll_interval``
+        otherwise.
+
+        Raises:
+            InvalidPosition, InvalidArgument: as for ``read_changes``.
+            RuntimeError: the store is closed.
+        """
+        position = after
+        news = self._watch.add_consumer()
+        try:
+            while not self._watch.closed:
+                news.clear()
+                page = await self._feed.read(position, workflow, batch_size)
+                for change in page.changes:
+                    yield change
+                position = page.position
+                if len(page.changes) < batch_size and not self._watch.closed:
+                    with anyio.move_on_after(self._watch.poll_interval):
+                        await news.wait()
+        finally:
+            self._watch.remove_consumer(news)
+
+    async def wait_for(
+        self,
+        run_id: object,
+        *,
+        statuses: Iterable[RunStatus | str] | RunStatus | str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the contract's name)
+    ) -> Run:
+        """The run, as soon as its status is one of ``statuses`` (default: the
+        terminal ones); at once if it already is.
+
+        The run returned is as stored when the watcher saw it in one of the
+        statuses. A status the run holds only briefly between two reads of
+        the watcher (a ``running`` followed at once by ``completed``) may be
+        passed over; terminal statuses never are. Any number of concurrent
+        waiters share the store's watcher: no connection each.
+
+        Raises:
+            RunNotFound: no run has that id.
+            WaitTimeout: ``timeout`` seconds passed first (also a
+                ``TimeoutError``).
+            UnknownStatus: a status is not one of the eight.
+            InvalidArgument: ``statuses`` is empty, or ``timeout`` is not a
+                non-negative number of seconds.
+            RuntimeError: the store is (or gets) closed.
+        """
+        uuid = run_uuid(run_id)
+        wanted = wait_statuses(statuses)
+        seconds = wait_timeout(timeout)
+        waiter = self._watch.add_waiter(uuid, wanted)
+        try:
+            try:
+                with anyio.fail_after(seconds):
+                    return await waiter.future
+            except TimeoutError:
+                if waiter.future.done() and not waiter.future.cancelled():
+                    return waiter.future.result()
+                # A timeout shorter than the watcher's first read (0 included)
+                # still answers "at once if it already is".
+                run = await self.get_run(uuid)
+                if run.status in wanted:
+                    return run
+                raise WaitTimeout(
+                    run_id, tuple(s for s in state_machine.STATES if s in wanted), seconds
+                ) from None
+        finally:
+            self._watch.remove_waiter(waiter)
 
     # -- step history ---------------------------------------------------
 

@@ -129,6 +129,8 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
         version: incremented by every write of the run row (for If-Match style
             optimistic checks).
         idempotency_key: the key the run was created with, or None.
+        transitions: every change of its status, oldest first, from the
+            transition log; None unless the history was requested.
     """
 
     id: UUID
@@ -147,6 +149,41 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     audit_events: list[RunAuditEvent] | None = None
     version: int = 1
     idempotency_key: str | None = None
+    transitions: list[RunChange] | None = None
+
+
+class RunChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of a run's status, from the transition log.
+
+    Attributes:
+        position: in the change feed (``read_changes``, ``changes``), where
+            to resume after this change: store it with what you did with the
+            change. Empty in ``Run.transitions`` (a history entry is not a
+            place in the feed).
+        run_id, workflow: the run.
+        run_version: the run's version after the change; ``(run_id,
+            run_version)`` identifies a change.
+        from_status: the status before, None for the run's creation.
+        to_status: the status after.
+        at: when the change was written (the run's ``updated_at`` then).
+    """
+
+    position: str
+    run_id: UUID
+    workflow: str
+    run_version: int
+    from_status: RunStatus | None
+    to_status: RunStatus
+    at: datetime
+
+
+class ChangePage(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``read_changes`` returns: the changes, oldest first, and the
+    position to pass back as ``after`` (it moves even when ``changes`` is
+    empty)."""
+
+    changes: list[RunChange]
+    position: str
 
 
 class RunChanges(msgspec.Struct, frozen=True, kw_only=True):

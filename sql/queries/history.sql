@@ -5,9 +5,11 @@
 -- then its step runs (inserted_at, id: step_runs_run_id_step_key finds them
 -- by run) each with its attempts (attempt_number:
 -- step_attempts_step_run_id_number_key), plus each step run's stored kind
--- and recorded manual decision, the sources of the audit events. Built as
--- one JSON text that msgspec decodes in one pass; the declared-step view
--- and the audit events are derived from it in Python. Timestamps go through
+-- and recorded manual decision, the sources of the audit events; then the
+-- run's status changes from the transition log, by run_version
+-- (run_transitions_pkey serves them in order). Built as one JSON text that
+-- msgspec decodes in one pass; the declared-step view and the audit events
+-- are derived from it in Python. Timestamps go through
 -- squidmesh.utc_iso so the session's TimeZone never matters. Names are
 -- schema-qualified (see runs.sql).
 -- No row = no such run.
@@ -31,7 +33,16 @@ SELECT pg_catalog.json_build_object(
                 'inserted_at', squidmesh.utc_iso(s.inserted_at),
                 'updated_at', squidmesh.utc_iso(s.updated_at)))
             ORDER BY s.inserted_at, s.id)
-        FROM squidmesh.step_runs s WHERE s.run_id OPERATOR(pg_catalog.=) r.id), '[]')
+        FROM squidmesh.step_runs s WHERE s.run_id OPERATOR(pg_catalog.=) r.id), '[]'),
+    -- squidmesh.RunChange's shape; position '' (a history entry is not a
+    -- place in the change feed).
+    'transitions', coalesce((
+        SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+            'position', '', 'run_id', l.run_id, 'workflow', l.workflow,
+            'run_version', l.run_version, 'from_status', l.from_status,
+            'to_status', l.to_status, 'at', squidmesh.utc_iso(l.at))
+            ORDER BY l.run_version)
+        FROM squidmesh.run_transitions l WHERE l.run_id OPERATOR(pg_catalog.=) r.id), '[]')
 )::pg_catalog.text
 FROM squidmesh.runs r
 WHERE r.id OPERATOR(pg_catalog.=) $1;

@@ -1,7 +1,7 @@
--- Named queries of the bulk operations: prune_runs, cancel_runs and
--- sweep_stale_runs (squidmesh/_retention.py). The conventions of runs.sql
--- hold here too: every name schema-qualified, JSON in as $n::text::jsonb,
--- runs out as squidmesh.run_json(r)::text.
+-- Named queries of the bulk operations: prune_runs, cancel_runs,
+-- sweep_stale_runs and prune_feed (squidmesh/_retention.py). The conventions
+-- of runs.sql hold here too: every name schema-qualified, JSON in as
+-- $n::text::jsonb, runs out as squidmesh.run_json(r)::text.
 --
 -- Each bulk operation works in batches, one statement and one transaction
 -- per batch, so that no transaction holds more than $1 (the batch size) row
@@ -98,11 +98,21 @@ GROUP BY c.status;
 -- One batch of prune_runs: $1 batch size, $2/$3 cursor (inserted_at, id),
 -- $4 status (terminal, checked by the caller), $5 cut-off, $6 workflow
 -- (NULL = all). Deletes up to $1 runs; their step runs and attempts go with
--- them through the foreign keys' ON DELETE CASCADE, and the replays of a
--- deleted run get replayed_from_run_id NULL (ON DELETE SET NULL: an UPDATE
--- of the replay, so the runs_write trigger bumps its version and stamps its
--- updated_at). One row per deleted run: its key, its status, and how many
--- step runs and attempts went with it.
+-- them through the foreign keys' ON DELETE CASCADE, their rows of the
+-- transition log (squidmesh.run_transitions has no foreign key) in the same
+-- statement (forgotten), and the replays of a deleted run get
+-- replayed_from_run_id NULL (ON DELETE SET NULL: an UPDATE of the replay, so
+-- the runs_write trigger bumps its version and stamps its updated_at; no
+-- status change, so no log row). One row per deleted run: its key, its
+-- status, and how many step runs and attempts went with it (log rows are
+-- not counted).
+--
+-- forgotten deletes the log rows the statement's snapshot sees. A candidate
+-- is finished in that snapshot, so only an unchecked move (see runs_write)
+-- can change its status after it, and that write moves its updated_at past
+-- the cut-off, which FOR UPDATE re-checks: the run is left alone. (With an
+-- older_than shorter than the time such a write takes to commit, its log
+-- row could outlive the run.)
 WITH picked AS MATERIALIZED (
     -- runs_status_inserted_idx backwards, from the cursor on.
     SELECT r.inserted_at, r.id FROM squidmesh.runs r
@@ -125,6 +135,12 @@ WITH picked AS MATERIALIZED (
       AND r.status OPERATOR(pg_catalog.=) $4
       AND r.updated_at OPERATOR(pg_catalog.<) $5::pg_catalog.timestamptz
     RETURNING r.inserted_at, r.id, r.status
+), forgotten AS (
+    -- run_transitions_pkey: one range per deleted run. Not read below: a
+    -- data-modifying WITH runs to completion whether read or not.
+    DELETE FROM squidmesh.run_transitions l
+    WHERE l.run_id OPERATOR(pg_catalog.=) ANY (
+            (SELECT pg_catalog.array_agg(d.id) FROM deleted d)::pg_catalog.uuid[])
 )
 -- The cascades run at the end of the statement and every part of it reads
 -- one snapshot, so the step runs and attempts counted here are the ones the
@@ -157,6 +173,10 @@ WITH picked AS MATERIALIZED (
       AND r.status OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[])
       AND r.updated_at OPERATOR(pg_catalog.<) $3::pg_catalog.timestamptz
     RETURNING r.inserted_at, r.id, r.status
+), forgotten AS (
+    DELETE FROM squidmesh.run_transitions l
+    WHERE l.run_id OPERATOR(pg_catalog.=) ANY (
+            (SELECT pg_catalog.array_agg(d.id) FROM deleted d)::pg_catalog.uuid[])
 )
 SELECT d.inserted_at AS key_at, d.id AS key_id, d.status,
        (SELECT pg_catalog.count(s.id) FROM squidmesh.step_runs s
@@ -283,3 +303,36 @@ WITH picked AS MATERIALIZED (
 )
 SELECT p.inserted_at AS key_at, p.id AS key_id, m.run
 FROM moved m JOIN picked p ON p.id OPERATOR(pg_catalog.=) m.id;
+
+-- name: lock_and_prune_feed_ticks
+-- One batch of prune_feed: $1 batch size, $2 cursor (the largest id the
+-- previous batch deleted; 0 for the first), $3 cut-off. Deletes up to $1
+-- ticks made before the cut-off, in id order after the cursor (tick 0, the
+-- feed's start that the position None reads from, is not stored), never the newest
+-- tick (every read of the feed ends its window there, and feed_tick makes
+-- the next one from it). A tick that is not the newest in this statement's
+-- snapshot is not the newest later either: ticks are only ever added above
+-- it. Candidates are picked FOR UPDATE SKIP LOCKED so that concurrent prunes
+-- take disjoint batches instead of deadlocking on each other's rows; nothing
+-- else locks a tick, and readers take no row locks. One row: how many ticks
+-- were deleted and the largest id among them (NULL when none).
+--
+-- feed_ticks_pkey from the cursor on. made_at has no index: the last batch
+-- of a call reads every tick after the cursor (those made within
+-- older_than), once per call.
+WITH picked AS MATERIALIZED (
+    SELECT t.id FROM squidmesh.feed_ticks t
+    WHERE t.id OPERATOR(pg_catalog.>) GREATEST($2::pg_catalog.int8, 0)
+      AND (SELECT pg_catalog.max(n.id) FROM squidmesh.feed_ticks n) OPERATOR(pg_catalog.>) t.id
+      AND t.made_at OPERATOR(pg_catalog.<) $3::pg_catalog.timestamptz
+    ORDER BY t.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM squidmesh.feed_ticks t
+    WHERE t.id OPERATOR(pg_catalog.=) ANY (
+            (SELECT pg_catalog.array_agg(p.id) FROM picked p)::pg_catalog.int8[])
+    RETURNING t.id
+)
+SELECT pg_catalog.count(d.id) AS deleted, pg_catalog.max(d.id) AS last_id
+FROM deleted d;

@@ -69,13 +69,14 @@ def at(minute: int) -> datetime:
 # -- basics --------------------------------------------------------------------
 
 
-async def test_without_history_the_three_fields_are_none(store: RunStore) -> None:
+async def test_without_history_the_history_fields_are_none(store: RunStore) -> None:
     run = await store.create_run("billing.invoice_reminder", PAYLOAD)
     await store.begin_step(run.id, "load_invoice", {})
     fetched = await store.get_run(run.id)
     assert fetched.step_runs is None
     assert fetched.steps is None
     assert fetched.audit_events is None
+    assert fetched.transitions is None
 
 
 async def test_history_of_a_fresh_run(store: RunStore) -> None:
@@ -116,7 +117,7 @@ async def test_history_equals_the_plain_run_apart_from_history(store: RunStore) 
             **{
                 f: getattr(full, f)
                 for f in full.__struct_fields__
-                if f not in ("step_runs", "steps", "audit_events")
+                if f not in ("step_runs", "steps", "audit_events", "transitions")
             }
         )
         == plain

@@ -37,6 +37,13 @@ _SWEPT = [*_KEY, ("run", "text")]
 EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "insert_run": (["uuid", "text", "text", "text", "text", "uuid"], _RUN),
     "get_run": (["uuid"], _RUN),
+    "read_changes": (
+        ["int8", "int8", "int8", "text", "int4", "interval"],
+        [("json_agg", "text")],
+    ),
+    "feed_tick": (["interval"], [("feed_tick", "int8")]),
+    "newest_tick": ([], [("coalesce", "int8")]),
+    "get_runs_by_ids": (["uuid[]"], _RUN),
     "lock_run": (["uuid"], _RUN),
     "list_runs_by_status": (["int8", "text"], _RUN),
     "list_runs_by_workflow_status": (["int8", "text", "text"], _RUN),
@@ -134,6 +141,13 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ["int8", "text[]", "timestamptz", "text", "text", *_FIELDS],
         _SWEPT,
     ),
+    "lock_and_prune_feed_ticks": (
+        ["int8", "int8", "timestamptz"],
+        [("deleted", "int8"), ("last_id", "int8")],
+    ),
+    # claims.sql: rows keyed like the batches', sorted by that key in _claims.
+    "claim_runs": (["int8", *_FIELDS], _SWEPT),
+    "claim_runs_by_workflow": (["int8", "text", *_FIELDS], _SWEPT),
 }
 
 

@@ -60,6 +60,7 @@ def test_demo_tour_runs(dsn: str) -> None:
         "replayed_from=",
         "audit: approved at 'approve' by dana@finance",
         "RunCreated x",
+        "its transition log: new -> pending, pending -> running, running -> completed",
     ):
         assert expected in result.stdout
     assert "\033[" not in result.stdout  # not a terminal: no styling
@@ -166,3 +167,22 @@ async def test_readme_testing_blocks_run_as_an_outside_project(
     monkeypatch.setenv("SQUIDMESH_TEST_DSN", pg_admin_dsn)
     result = await asyncio.to_thread(pytester.runpytest_subprocess, timeout=120)
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.squidmesh_fresh_db  # the consumer's two tables
+async def test_readme_reacting_blocks_run_in_order(store: Any) -> None:
+    """The three blocks of the section share names (the second follows the
+    run the first created), so they run as one body, in order."""
+    for i in range(3):
+        await store.create_run("billing.invoice_reminder", {"account_id": f"q{i}"})
+    blocks = _blocks("Reacting to runs: waiting, the change feed, claiming")
+    assert len(blocks) == 3
+    await asyncio.wait_for(_run_block("\n".join(blocks), store), timeout=60)
+    view = await store.pool.fetch("SELECT run_id, status FROM run_status_view")
+    assert ("completed" in {r["status"] for r in view}) and len(view) >= 4
+    saved = await store.pool.fetchval("SELECT position FROM feed_positions")
+    assert isinstance(saved, str)
+    assert await store.count_runs(workflow="billing.invoice_reminder", status="pending") == 0
+    claimed = await store.list_runs(workflow="billing.invoice_reminder", status="completed")
+    assert len(claimed) == 4
+    assert all(r.context.get("reminded") for r in claimed if r.context.get("sent") is None)

@@ -19,6 +19,7 @@ from squidmesh import (
     InvalidArgument,
     InvalidCursor,
     InvalidPayload,
+    InvalidPosition,
     InvalidRun,
     InvalidTransition,
     InvalidTrigger,
@@ -29,6 +30,7 @@ from squidmesh import (
     StepRunNotFound,
     UnknownStatus,
     VersionConflict,
+    WaitTimeout,
     WorkflowDefinitionError,
     state_machine,
 )
@@ -88,6 +90,18 @@ CASES: list[tuple[SquidMeshError, tuple[type, ...], dict[str, object], tuple[str
         (ValueError,),
         {"name": "limit", "reason": "must be an int from 1 to 1000, not 0"},
         ("invalid limit", "1 to 1000"),
+    ),
+    (
+        InvalidPosition("1.zz", "pass back a position that read_changes or changes gave"),
+        (ValueError, InvalidCursor),
+        {"position": "1.zz", "cursor": "1.zz"},
+        ("'1.zz'", "read_changes"),
+    ),
+    (
+        WaitTimeout(RUN_ID, ("completed", "failed"), 2.5),
+        (TimeoutError,),
+        {"run_id": RUN_ID, "statuses": ("completed", "failed"), "timeout": 2.5},
+        (str(RUN_ID), "completed, failed", "2.5 s"),
     ),
     (
         InvalidWorkflow("billing.nope"),

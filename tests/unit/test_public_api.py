@@ -110,6 +110,10 @@ RUNTIME_STORE_METHODS = (
     "begin_attempt",
     "complete_attempt",
     "fail_attempt",
+    "read_changes",
+    "wait_for",
+    "claim_runs",
+    "prune_feed",
 )
 
 # Struct fields api.md lists (a Struct may carry more, with defaults).
@@ -129,7 +133,19 @@ STRUCT_FIELDS = {
         "step_runs",
         "steps",
         "audit_events",
+        "idempotency_key",
+        "transitions",
     ),
+    "RunChange": (
+        "position",
+        "run_id",
+        "workflow",
+        "run_version",
+        "from_status",
+        "to_status",
+        "at",
+    ),
+    "ChangePage": ("changes", "position"),
     "StepRun": (
         "id",
         "step",
@@ -267,6 +283,10 @@ def test_runtime_store_methods(name: str) -> None:
     assert inspect.iscoroutinefunction(getattr(squidmesh.RunStore, name))
 
 
+def test_changes_is_an_async_generator() -> None:
+    assert inspect.isasyncgenfunction(squidmesh.RunStore.changes)
+
+
 def test_store_connect_and_constructor_signatures() -> None:
     assert callable(squidmesh.RunStore.connect)
     init = inspect.signature(squidmesh.RunStore.__init__).parameters
@@ -335,7 +355,7 @@ def test_run_history_fields_default_to_none() -> None:
             strict=True,
         )
     )
-    for name in ("step_runs", "steps", "audit_events"):
+    for name in ("step_runs", "steps", "audit_events", "transitions"):
         assert defaults[name] is None
 
 
