@@ -27,8 +27,8 @@ import asyncio
 import logging
 import math
 import time
-from datetime import timedelta
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, Final
 from uuid import UUID
 

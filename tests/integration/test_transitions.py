@@ -93,7 +93,7 @@ async def log_of(pool: asyncpg.Pool, run_id: UUID) -> list[Row]:
         " FROM squidmesh.run_transitions WHERE run_id = $1 ORDER BY run_version",
         run_id,
     )
-    return [tuple(r) for r in found]  # type: ignore[misc]
+    return [tuple(r) for r in found]
 
 
 async def running_with_step(store: RunStore) -> tuple[Run, UUID, UUID]:
