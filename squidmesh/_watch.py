@@ -221,7 +221,7 @@ class Watcher:
             try:
                 # -1: another process is ticking, perhaps from a snapshot
                 # taken before this store's last commit; try again.
-                while await q.write_value(self._pool, SQL.feed_tick, _NOW) == -1:
+                while await q.write_value(self._pool, SQL.feed_tick, _NOW) == -1:  # noqa: ASYNC110
                     await anyio.sleep(0.005)
             except Exception:
                 logger.warning("squidmesh watcher: the final tick failed", exc_info=True)
