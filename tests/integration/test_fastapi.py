@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -740,6 +741,7 @@ async def test_the_example_app_over_real_http(dsn: str, tmp_path: Path) -> None:
             assert [run["id"] for run in listed.json()["runs"]] == [created.json()["id"]]
             doc = (await http.get("/openapi.json")).json()
             assert "/api/workflows/{workflow}/runs" in doc["paths"]
+        await _readme_curl_calls_answer_as_commented(base, env)
     finally:
         if server.returncode is None:
             server.terminate()
@@ -748,3 +750,46 @@ async def test_the_example_app_over_real_http(dsn: str, tmp_path: Path) -> None:
         except TimeoutError:
             server.kill()
             await server.wait()
+
+
+def _readme_curl_calls() -> list[tuple[str, str | None]]:
+    """The README's curl block: each command, and the status its comment promises."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Serving runs over HTTP (FastAPI)", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert match, "the README's FastAPI section has no sh block"
+    calls: list[tuple[str, str | None]] = []
+    for line in match.group(1).replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("pip ", "export ", "uvicorn ")):
+            continue  # the set-up: the test starts the server itself
+        command, _, comment = line.partition("  # ")
+        status = re.match(r"\s*(\d{3})\b", comment)
+        calls.append((command.strip(), status.group(1) if status else None))
+    return calls
+
+
+async def _readme_curl_calls_answer_as_commented(base: str, env: dict[str, str]) -> None:
+    """Run the README's curl calls, as written, against the example app."""
+    calls = _readme_curl_calls()
+    assert sum(1 for _, status in calls if status) >= 8
+    script = []
+    for i, (command, _) in enumerate(calls):
+        if command.startswith("API="):
+            command = f"API={base}/api"
+        script.append(f"echo; echo '@@{i}'; {command}")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", "set -euo pipefail\n" + "\n".join(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = re.split(r"^@@(\d+)$", result.stdout, flags=re.MULTILINE)[1:]
+    answered = dict(zip(map(int, outputs[0::2]), outputs[1::2], strict=True))
+    for i, (command, status) in enumerate(calls):
+        if status is not None:
+            first = answered[i].lstrip().split("\n", 1)[0]
+            assert first.split()[1:2] == [status], f"{command!r} answered {first!r}"

@@ -186,3 +186,40 @@ async def test_readme_reacting_blocks_run_in_order(store: Any) -> None:
     claimed = await store.list_runs(workflow="billing.invoice_reminder", status="completed")
     assert len(claimed) == 4
     assert all(r.context.get("reminded") for r in claimed if r.context.get("sent") is None)
+
+
+async def test_readme_fastapi_block_serves_the_run_api(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from squidmesh._demo import invoice_reminder
+
+    monkeypatch.setenv("SQUIDMESH_DSN", dsn)
+    monkeypatch.setenv("SQUIDMESH_API_TOKEN", "t0ken")
+    (code,) = _blocks("Serving runs over HTTP (FastAPI)")
+    namespace: dict[str, Any] = {"invoice_reminder": invoice_reminder}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app = namespace["app"]
+    auth = {"Authorization": "Bearer t0ken"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            created = await client.post(
+                "/api/workflows/billing.invoice_reminder/runs",
+                json={"account_id": "a", "invoice_id": "i", "amount_cents": 1},
+                headers={**auth, "Idempotency-Key": "k1"},
+            )
+            assert created.status_code == 201, created.text
+            again = await client.post(
+                "/api/workflows/billing.invoice_reminder/runs",
+                json={"account_id": "a", "invoice_id": "i", "amount_cents": 1},
+                headers={**auth, "Idempotency-Key": "k1"},
+            )
+            assert again.status_code == 200
+            run_id = created.json()["id"]
+            shown = await client.get(f"/api/runs/{run_id}", headers=auth)
+            assert shown.status_code == 200 and shown.headers["etag"] == '"1"'
+            assert (await client.get(f"/api/runs/{run_id}")).status_code == 401
+            bad = await client.get(f"/api/runs/{run_id}", headers={"Authorization": "Bearer x"})
+            assert bad.status_code == 401
