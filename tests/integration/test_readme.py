@@ -223,3 +223,48 @@ async def test_readme_fastapi_block_serves_the_run_api(
             assert (await client.get(f"/api/runs/{run_id}")).status_code == 401
             bad = await client.get(f"/api/runs/{run_id}", headers={"Authorization": "Bearer x"})
             assert bad.status_code == 401
+
+
+async def test_readme_dispatch_blocks_run_as_written(store: Any) -> None:
+    """Both blocks of the dispatch section, verbatim: the second block's
+    finish_job then moves the job on under the run's lock."""
+    from examples.outbox import SETUP, monthly_report
+
+    store.register(monthly_report)
+    await store.pool.execute(SETUP)
+    first, second = _blocks("Changing a run and enqueueing its work in one transaction")
+    code = f"{first}\n{second}\nreturn run, finish_job"
+    body = "async def _block(store, monthly_report):\n" + "".join(
+        f"    {line}\n" for line in code.splitlines()
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(body, "README.md", "exec"), namespace)
+    run, finish_job = await namespace["_block"](store, monthly_report)
+    jobs = "SELECT id, step FROM outbox_example.jobs WHERE run_id = $1 ORDER BY id"
+    (job,) = await store.pool.fetch(jobs, run.id)
+    assert job["step"] == "build"
+    await finish_job(store, job["id"], run.id)
+    assert [r["step"] for r in await store.pool.fetch(jobs, run.id)] == ["email"]
+    assert (await store.get_run(run.id)).current_step == "email"
+
+
+# The sections whose python blocks the tests above run; a block anywhere else
+# would be a block nobody runs.
+_RUN_SECTIONS = {
+    "API tour",
+    "History, pauses and approvals",
+    "Changing a run and enqueueing its work in one transaction",
+    "Retries, concurrent edits and raw SQL",
+    "Listing, paging and counting",
+    "Retention, bulk cancel and stale runs",
+    "Reacting to runs: waiting, the change feed, claiming",
+    "Serving runs over HTTP (FastAPI)",
+    "Testing code that uses squidmesh",
+}
+
+
+def test_every_python_block_of_the_readme_is_in_a_section_a_test_runs() -> None:
+    for section in README.read_text(encoding="utf-8").split("\n## ")[1:]:
+        heading = section.split("\n", 1)[0].strip()
+        if "```python" in section:
+            assert heading in _RUN_SECTIONS, f"README section {heading!r} has a block no test runs"
