@@ -1,0 +1,1 @@
+"""Runnable examples: python examples/outbox.py, uvicorn examples.fastapi_app:app."""
