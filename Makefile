@@ -1,7 +1,8 @@
 # The single entry point. Every target bootstraps .venv on a fresh machine.
 #   make demo            the tour, on an embedded PostgreSQL unless SQUIDMESH_DSN is set
 #   make test            all tests (SQUIDMESH_TEST_DSN to use your own server;
-#                        SQUIDMESH_TEST_BACKEND=docker for a container)
+#                        SQUIDMESH_TEST_BACKEND=docker for a container; installs
+#                        Debian's pgbouncer if missing and root or sudo allows)
 #   make test PYTEST_ARGS='-k cancel -x'
 #   make test-pg15       all tests on Debian's PostgreSQL 15 (installs postgresql-15 if missing)
 #   make bench BENCH_ARGS='--runs 20000'
@@ -40,7 +41,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m squidmesh demo
 
+# tests/install_pgbouncer.sh fills in a missing pgbouncer for the PgBouncer
+# tests when it may (root or passwordless sudo) and never fails: without it,
+# those tests skip and say why.
 test: $(STAMP)
+	@bash tests/install_pgbouncer.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Installing postgresql-15 may create and start Debian's own "main" cluster;

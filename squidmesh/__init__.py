@@ -24,6 +24,7 @@ from ._errors import InvalidTransition as InvalidTransition
 from ._errors import InvalidTrigger as InvalidTrigger
 from ._errors import InvalidWorkflow as InvalidWorkflow
 from ._errors import MigrationError as MigrationError
+from ._errors import PoolerMisconfigured as PoolerMisconfigured
 from ._errors import RunNotFound as RunNotFound
 from ._errors import SquidMeshError as SquidMeshError
 from ._errors import StepRunNotFound as StepRunNotFound
@@ -109,6 +110,7 @@ __all__ = (
     "InvalidTrigger",
     "InvalidWorkflow",
     "MigrationError",
+    "PoolerMisconfigured",
     "RunNotFound",
     "SquidMeshError",
     "StepRunNotFound",

@@ -278,3 +278,25 @@ class InvalidArgument(SquidMeshError, ValueError):
         super().__init__(f"invalid {name}: {reason}")
 
     __reduce__ = _rebuilt_from("name", "reason")
+
+
+class PoolerMisconfigured(SquidMeshError):
+    """Raised when the pool's prepared statements do not survive a connection
+    pooler between it and PostgreSQL (PgBouncer in transaction or statement
+    mode): a statement prepared on one server connection was used on another.
+
+    The statement failed; ``reason`` is the driver's error. Open the pool with
+    ``statement_cache_size=0``, or use PgBouncer 1.21 or later with
+    ``max_prepared_statements`` set.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            "a prepared statement did not survive the connection pooler between the pool and "
+            "PostgreSQL (PgBouncer in transaction mode?): create the asyncpg pool with "
+            "statement_cache_size=0, or use PgBouncer >= 1.21 with max_prepared_statements "
+            f"set ({reason})"
+        )
+
+    __reduce__ = _rebuilt_from("reason")

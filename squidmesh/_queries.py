@@ -12,6 +12,11 @@ live the policies every statement shares:
   place, keyed by constraint name where the constraint says what happened
   (see ``_BY_CONSTRAINT``); infrastructure errors (a lost connection, a
   timeout, a cancellation) pass through unchanged.
+- **Poolers.** A prepared statement that does not survive a connection
+  pooler (PgBouncer in transaction mode with asyncpg's statement cache on)
+  becomes ``PoolerMisconfigured``, which says what to change, on every path:
+  reads, writes, and the store's transactions (see ``_POOLER_ERRORS``). Only
+  the failure path pays for it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from ._errors import InvalidRun, InvalidTransition, RunNotFound, StepRunNotFound
+from ._errors import (
+    InvalidRun,
+    InvalidTransition,
+    PoolerMisconfigured,
+    RunNotFound,
+    StepRunNotFound,
+)
 from ._sql import load_queries
 
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -140,16 +151,28 @@ class ServerFeatures:
 
 async def value(ex: Executor, query: LiteralString, *args: object) -> Any:
     """The first column of the first row, or None."""
-    return await ex.fetchval(query, *args)
+    try:
+        return await ex.fetchval(query, *args)
+    except _POOLER_ERRORS as exc:
+        _raise_if_pooler(exc)
+        raise
 
 
 async def row(ex: Executor, query: LiteralString, *args: object) -> asyncpg.Record | None:
     """The first row, or None."""
-    return await ex.fetchrow(query, *args)
+    try:
+        return await ex.fetchrow(query, *args)
+    except _POOLER_ERRORS as exc:
+        _raise_if_pooler(exc)
+        raise
 
 
 async def rows(ex: Executor, query: LiteralString, *args: object) -> list[asyncpg.Record]:
-    return await ex.fetch(query, *args)
+    try:
+        return await ex.fetch(query, *args)
+    except _POOLER_ERRORS as exc:
+        _raise_if_pooler(exc)
+        raise
 
 
 # -- writes --------------------------------------------------------------------
@@ -202,6 +225,9 @@ async def _write(
             return await getattr(conn, method)(query, *args)
     except _DB_ERRORS as exc:
         _raise_translated(exc, subject)
+    except _POOLER_ERRORS as exc:
+        _raise_if_pooler(exc)
+        raise
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == ILLEGAL_MOVE:
             # The runs_write trigger refused a status change. squidmesh checks
@@ -234,15 +260,24 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     each statement sees what committed before it started; a user's database
     or pool may default to a stricter level, so the level is named.
     """
-    async with pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
-        yield conn
+    try:
+        async with pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
+            yield conn
+    except _POOLER_ERRORS as exc:
+        # A statement of the caller's code (a dispatch) that ran on the connection.
+        _raise_if_pooler(exc)
+        raise
 
 
 @contextlib.asynccontextmanager
 async def connection(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     """A connection from ``pool`` for several statements that are not one transaction."""
-    async with pool.acquire() as conn:
-        yield conn
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except _POOLER_ERRORS as exc:
+        _raise_if_pooler(exc)
+        raise
 
 
 async def execute(conn: Conn, statement: LiteralString) -> None:
@@ -283,3 +318,30 @@ def _raise_translated(exc: Exception, subject: object) -> NoReturn:
         raise InvalidRun(f"the value is too large to store: {exc}") from exc
     suffix = f" (constraint {name})" if name else ""
     raise InvalidRun(f"the database rejected the value: {exc}{suffix}") from exc
+
+
+# What asyncpg's statement cache meets behind a pooler that hands each
+# transaction to any server connection (PgBouncer in transaction mode
+# without max_prepared_statements, which needs 1.21 or later): a statement
+# it prepared is not on the server connection it got ("... does not
+# exist"), one of the same name is ("... already exists"), or, when
+# processes prepared different statements under the same name, another
+# statement is ("bind message supplies 1 parameters, but prepared statement
+# ... requires 2"). The test for asyncpg's statement-name prefix keeps a
+# user's own EXECUTE or DEALLOCATE of a missing statement what it is. Not
+# every such mix-up fails: the pool must be configured right, and the error
+# is there for one that is not.
+_POOLER_ERRORS: Final = (
+    asyncpg.InvalidSQLStatementNameError,
+    asyncpg.DuplicatePreparedStatementError,
+    asyncpg.ProtocolViolationError,
+)
+# (No quotes: a translated message quotes the name in its language's way.)
+_ASYNCPG_STATEMENT: Final = "__asyncpg_"
+
+
+def _raise_if_pooler(exc: asyncpg.PostgresError) -> None:
+    """Raise ``PoolerMisconfigured`` when ``exc`` is about one of asyncpg's statements."""
+    message = str(exc.args[0]) if exc.args else ""
+    if _ASYNCPG_STATEMENT in message:
+        raise PoolerMisconfigured(f"{type(exc).__name__}: {message}") from exc

@@ -357,6 +357,32 @@ class Watcher:
             try:
                 conn = await asyncpg.connect(dsn)
                 conn.add_termination_listener(_setter(lost))
+                # Behind a transaction-mode pooler LISTEN succeeds, but the
+                # server session that listens serves other clients' transactions
+                # and what it hears never arrives here. So a NOTIFY made where
+                # ticks are made (a pooled connection, another session) must
+                # come back first; a probe channel of its own, so that no other
+                # watcher is woken, unlistened before the real LISTEN.
+                probe = f"squidmesh_probe_{id(self):x}_{time.monotonic_ns():x}"
+                heard = anyio.Event()
+                on_probe = _setter(heard)
+                await conn.add_listener(probe, on_probe)
+                await q.value(self._pool, "SELECT pg_catalog.pg_notify($1, '')", probe)
+                with anyio.move_on_after(1.0):
+                    await heard.wait()
+                if lost.is_set():
+                    raise ConnectionError("the LISTEN connection was lost")
+                if not heard.is_set():
+                    logger.warning(
+                        "squidmesh watcher: no notification arrives on the LISTEN connection "
+                        "to listen_dsn (a transaction-mode pooler such as PgBouncer, or another "
+                        "database than the pool's?): wait_for and changes poll every %s s from "
+                        "now on; pass a direct connection URL as listen_dsn, or listen=False "
+                        "to RunStore.connect",
+                        self._poll_interval,
+                    )
+                    return  # for good: polling serves every wait without it
+                await conn.remove_listener(probe, on_probe)
                 await conn.add_listener(CHANNEL, self._notified)
                 self.listening = True
                 backoff = 0.1

@@ -79,7 +79,7 @@ async def test_readme_sql_for_migrations_applied_by_hand(pg_admin_dsn: str) -> N
     from squidmesh._sql import sql_root
     from squidmesh.testing import create_database, drop_database
 
-    text = README.read_text(encoding="utf-8").split("## Schema and migrations", 1)[1]
+    text = README.read_text(encoding="utf-8").split("### Schema and migrations", 1)[1]
     match = re.search(r"```sql\n(.*?)```", text, re.DOTALL)
     assert match, "README's migrations section has no sql block"
     scripts = load_scripts(sql_root())

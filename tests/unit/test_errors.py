@@ -25,6 +25,7 @@ from squidmesh import (
     InvalidTrigger,
     InvalidWorkflow,
     MigrationError,
+    PoolerMisconfigured,
     RunNotFound,
     SquidMeshError,
     StepRunNotFound,
@@ -66,6 +67,12 @@ CASES: list[tuple[SquidMeshError, tuple[type, ...], dict[str, object], tuple[str
         (),
         {"version": "0002_hardening", "reason": "role 'app' may not apply it: permission denied"},
         ("0002_hardening", "permission denied"),
+    ),
+    (
+        PoolerMisconfigured('prepared statement "__asyncpg_stmt_9__" does not exist'),
+        (),
+        {"reason": 'prepared statement "__asyncpg_stmt_9__" does not exist'},
+        ("__asyncpg_stmt_9__", "statement_cache_size=0", "PgBouncer >= 1.21", "max_prepared"),
     ),
     (
         IdempotencyConflict("billing.invoice_reminder", "order-7", RUN_ID),
