@@ -8,6 +8,7 @@ Examples::
     python -m benchmarks --profile transition_run
     python -m benchmarks --only prune --prune-rows 100000
     python -m benchmarks --only page_runs --only count_runs_by_status --quick
+    python -m benchmarks --only feed --only wait_for --quick
     python -m benchmarks --json bench.json
 """
 
@@ -22,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness as h
-from . import bench_history, bench_list, bench_ops, bench_paging, bench_prune, bench_state_machine
+from . import (
+    bench_feed,
+    bench_history,
+    bench_list,
+    bench_ops,
+    bench_paging,
+    bench_prune,
+    bench_state_machine,
+)
 
-SUITES = ("history", "list", "prune", "state_machine", *bench_paging.PARTS)
+SUITES = ("history", "list", "prune", "state_machine", *bench_paging.PARTS, *bench_feed.PARTS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -163,6 +172,18 @@ async def main(args: argparse.Namespace) -> int:
             report["state_machine"] = machine_rows
             print()
             print(bench_state_machine.describe(machine_rows))
+        feed_sizes = bench_feed.Sizes.of(
+            args.quick, runs=2 * args.runs, rounds=args.rounds, concurrencies=args.concurrencies
+        )
+        for part in bench_feed.PARTS:
+            if not selected or part in selected:
+                # Each part on a database of its own (transition_log swaps
+                # runs_write's body; the others must not see that).
+                async with h.fresh_database(admin_dsn, part) as dsn:
+                    result = await bench_feed.run(part, dsn, feed_sizes, live)
+                report[part] = result
+                print()
+                print(bench_feed.describe(part, result))
     elapsed = time.monotonic() - started
     report["elapsed_s"] = round(elapsed, 1)
     print(f"\nfinished in {elapsed:.0f} s")

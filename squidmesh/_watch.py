@@ -191,10 +191,17 @@ class Watcher:
                 seen = True
                 self._offer(run)
         if seen:
-            # Read the feed now (a tick may be due) and once more when one
-            # surely is: a tick made after this commit holds the change.
-            self._recheck_at = time.monotonic() + TICK_EVERY.total_seconds()
-            self._wake.set()
+            # A tick made after this commit holds the change: one is surely
+            # due a tick interval from now, and one re-read then serves every
+            # write made until it (a store that writes without pause ticks at
+            # most once per interval, not once per write). Its own consumers
+            # read now, in case a tick is already due; a waiting loop reads
+            # at most once per interval for writes with no consumer.
+            if self._recheck_at is None:
+                self._recheck_at = time.monotonic() + TICK_EVERY.total_seconds()
+                self._wake.set()  # the loop may sleep with no deadline: set one
+            elif self._consumers:
+                self._wake.set()
 
     async def close(self) -> None:
         publish = self._recheck_at is not None and not self._closed
@@ -304,10 +311,11 @@ class Watcher:
         if not self._busy():
             # Nobody waits: forget the position, so that the next waiter
             # does not make the watcher read all it missed meanwhile. After
-            # this store's own writes, tick (if due) so that the NOTIFY
-            # reaches other processes' waiters.
+            # this store's own writes, tick (if due) once the interval after
+            # the first of them has passed, so that the NOTIFY reaches other
+            # processes' waiters.
             self._position = None
-            if self._recheck_at is not None or published:
+            if published:
                 await q.write_value(self._pool, SQL.feed_tick, TICK_EVERY)
             return
         unchecked = list(self._unchecked)
