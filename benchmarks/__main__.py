@@ -30,10 +30,19 @@ from . import (
     bench_ops,
     bench_paging,
     bench_prune,
+    bench_scheduler,
     bench_state_machine,
 )
 
-SUITES = ("history", "list", "prune", "state_machine", *bench_paging.PARTS, *bench_feed.PARTS)
+SUITES = (
+    "history",
+    "list",
+    "prune",
+    "state_machine",
+    *bench_paging.PARTS,
+    *bench_feed.PARTS,
+    "scheduler",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -184,6 +193,13 @@ async def main(args: argparse.Namespace) -> int:
                 report[part] = result
                 print()
                 print(bench_feed.describe(part, result))
+        if not selected or "scheduler" in selected:
+            async with h.fresh_database(admin_dsn, "sched") as dsn:
+                count, per = (20, 50) if args.quick else (100, 100)
+                scheduling = await bench_scheduler.run(dsn, count, per, args.rounds)
+            report["scheduler"] = scheduling
+            print()
+            print(bench_scheduler.describe(scheduling, count * per))
     elapsed = time.monotonic() - started
     report["elapsed_s"] = round(elapsed, 1)
     print(f"\nfinished in {elapsed:.0f} s")

@@ -46,7 +46,7 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 import asyncpg
 import msgspec
 
-from . import __version__
+from . import __version__, _scheduler_cli
 from ._errors import (
     IdempotencyConflict,
     InvalidTransition,
@@ -744,6 +744,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="e.g. 30d, 12h, 90m, 45s, 2w (failed, completed and cancelled runs)",
     )
     prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    _scheduler_cli.add_parser(sub, [conn])
     return parser
 
 

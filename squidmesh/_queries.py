@@ -110,6 +110,10 @@ class Queries:
     # claims.sql
     claim_runs: LiteralString
     claim_runs_by_workflow: LiteralString
+    # scheduler.sql
+    scheduler_clock: LiteralString
+    read_cron_state: LiteralString
+    fire_cron_ticks: LiteralString
 
     def __init__(self, texts: Mapping[str, str]) -> None:
         declared = set(get_type_hints(type(self)))

@@ -35,6 +35,7 @@ from ._queries import SQL, ServerFeatures
 from ._registry import Registry
 from ._retention import RetentionOps
 from ._runs import RunOps, check_expected_version
+from ._scheduler import SchedulerOps, check_interval, run_scheduler
 from ._steps import StepOps
 from ._types import (
     ChangePage,
@@ -120,6 +121,7 @@ class RunStore:
         self._progress = ProgressOps(pool, self._runs)
         self._retention = RetentionOps(pool)
         self._claims = ClaimOps(pool)
+        self._scheduler = SchedulerOps(pool, self._registry)
         self._listing = ListingOps(pool)
         self._closed = False
 
@@ -1152,6 +1154,76 @@ class RunStore:
                 ) from None
         finally:
             self._watch.remove_waiter(waiter)
+
+    # -- cron triggers: the scheduler ------------------------------------
+
+    async def fire_due_triggers(self, *, now: datetime | None = None) -> list[Run]:
+        """Create the runs that the registered workflows' cron triggers owe at ``now``.
+
+        For every cron trigger of every registered workflow, creates the
+        runs due at ``now`` (default: the database clock) and not yet
+        created, through that trigger, with its defaults as payload and the
+        idempotency key ``cron:<trigger>:<tick>`` (the tick as an ISO-8601
+        UTC instant, ``cron:nightly:2026-03-30T07:00:00+00:00``), so each
+        tick yields exactly one run however many processes fire at once.
+        Ticks are computed in the trigger's time zone (UTC when it names
+        none): a daily 02:30 trigger fires once on a day without 02:30 (at
+        03:00) and once on a day with two.
+
+        The last tick fired per trigger is kept in the database
+        (``squidmesh.cron_state``). The first time a trigger is seen only
+        its latest due tick fires; of the ticks missed after that while
+        nothing fired, the ``catch_up`` most recent fire, oldest first
+        (``Trigger(..., catch_up=N)``, default 1: only the latest). The
+        store remembers when each trigger is next due: a call when nothing
+        is due costs one round trip (the clock; none with ``now``), the
+        first call of a store one more (the state), a call that fires that
+        one and another per 1,000 runs.
+        ``RunCreated`` is reported for each run created. A trigger whose
+        payload cannot be built (a default factory that raises) is logged
+        and tried again on the next call; the others fire.
+
+        Returns:
+            The runs this call created (not those another caller created
+            first), by tick, then workflow and trigger.
+
+        Raises:
+            InvalidArgument: ``now`` is not a timezone-aware datetime.
+        """
+        return await self._scheduler.fire(now, self._bus.emit)
+
+    @contextlib.asynccontextmanager
+    async def scheduler(self, *, interval: float = 1.0) -> AsyncIterator[None]:
+        """Run ``fire_due_triggers`` in the background every ``interval``
+        seconds until the block exits::
+
+            async with store.scheduler():
+                await serve_forever()
+
+        Errors are logged (logger ``squidmesh.scheduler``) and the call
+        retried after a backoff that doubles from ``interval`` up to 30 s (or
+        ``interval`` if longer): a database restart delays firing, it never
+        stops it. Leaving the block stops the background task and waits for
+        it; an exception of the block propagates as raised. Each created run
+        is logged at INFO.
+
+        Raises:
+            InvalidArgument: ``interval`` is not a positive number of seconds.
+        """
+        seconds = check_interval(interval)
+        raised: BaseException | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_scheduler, self.fire_due_triggers, seconds)
+            try:
+                yield
+            except BaseException as exc:
+                # Raised after the task group, so that it is not wrapped in
+                # an ExceptionGroup.
+                raised = exc
+            finally:
+                group.cancel_scope.cancel()
+        if raised is not None:
+            raise raised
 
     # -- step history ---------------------------------------------------
 

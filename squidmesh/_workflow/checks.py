@@ -15,6 +15,12 @@ from typing import Final, TypeVar
 
 from .._codec import text_problem
 from . import graph
+from .cron import (
+    MAX_CATCH_UP,
+    MAX_CRON_TRIGGER_NAME,
+    cron_problem,
+    timezone_problem,
+)
 from .definitions import (
     COMPLETE,
     DEFAULT_NOW,
@@ -170,11 +176,47 @@ class _Checker:
                 self._add(f"duplicate trigger name {trigger.name!r}")
             else:
                 seen.add(trigger.name)
+            named = problem is None
             label = f"trigger {trigger.name!r}"
             for setting, value in (("cron", trigger.cron), ("timezone", trigger.timezone)):
                 if value is not None and not _is_name(value):
                     self._add(f"{label}: {setting} must be a non-empty string, got {value!r}")
             self._check_fields(label, trigger.payload)
+            self._check_schedule(label, trigger, named=named)
+
+    def _check_schedule(self, label: str, trigger: Trigger, *, named: bool) -> None:
+        """The cron expression, the time zone, ``catch_up``, and what a cron
+        trigger needs: fields it can fill alone, a name its runs' keys can hold."""
+        cron, timezone, catch_up = trigger.cron, trigger.timezone, trigger.catch_up
+        if isinstance(cron, str) and cron:
+            problem = cron_problem(cron)
+            if problem is not None:
+                self._add(f"{label}: invalid cron expression {cron!r}: {problem}")
+        if isinstance(timezone, str) and timezone:
+            problem = timezone_problem(timezone)
+            if problem is not None:
+                self._add(f"{label}: invalid timezone {timezone!r}: {problem}")
+        if type(catch_up) is not int or not 1 <= catch_up <= MAX_CATCH_UP:
+            self._add(
+                f"{label}: catch_up must be an int from 1 to {MAX_CATCH_UP}, got {catch_up!r}"
+            )
+        elif catch_up != 1 and cron is None:
+            self._add(f"{label}: catch_up applies to a cron trigger only; this one has no cron")
+        if cron is None:
+            return
+        if named and len(trigger.name) > MAX_CRON_TRIGGER_NAME:
+            self._add(
+                f"trigger {trigger.name[:40]!r}...: a cron trigger's name is at most "
+                f"{MAX_CRON_TRIGGER_NAME} characters long, so that its runs' idempotency keys "
+                "('cron:<trigger>:<tick>') fit in 255"
+            )
+        for field in trigger.payload:
+            if isinstance(field, Field) and isinstance(field.name, str) and not field.is_optional:
+                self._add(
+                    f"{label}: field {field.name!r} is required and has no default, but a "
+                    "cron trigger's runs get only the trigger's defaults as payload; give it "
+                    "a default or required=False"
+                )
 
     def _check_fields(self, label: str, fields: tuple[object, ...]) -> None:
         seen: set[str] = set()

@@ -296,11 +296,20 @@ class Trigger(Definition):
     Args:
         name: the trigger's stable name, stored on each run.
         payload: the declared fields.
-        cron: a cron schedule for a scheduler to fire this trigger, if any.
-        timezone: the time zone the cron schedule is read in (e.g. ``"Etc/UTC"``).
+        cron: a cron schedule (five fields, ``"0 9 * * 1-5"``, or a nickname
+            such as ``"@daily"``) on which ``RunStore.fire_due_triggers`` and
+            the scheduler create runs through this trigger, with its
+            defaults as payload. Every field of a cron trigger needs a
+            default or ``required=False``.
+        timezone: the IANA time zone the cron schedule is read in (e.g.
+            ``"Europe/Berlin"``); UTC when None.
+        catch_up: how many of the ticks missed while no scheduler ran fire
+            when one runs again, the most recent ones (oldest of them first):
+            from 1 (the default: only the latest) to 1000. Only for a cron
+            trigger.
 
     Attributes:
-        name, payload (a tuple), cron, timezone: as given.
+        name, payload (a tuple), cron, timezone, catch_up: as given.
     """
 
     name: str
@@ -310,6 +319,9 @@ class Trigger(Definition):
     _: KW_ONLY
     cron: str | None = None
     timezone: str | None = None
+    # Left out of the hash, as payload: a wrong value (reported by Workflow)
+    # may be unhashable.
+    catch_up: int = dataclasses.field(default=1, hash=False)
     _by_name: dict[str, Field] = dataclasses.field(init=False, compare=False)
     _fields: tuple[Field, ...] = dataclasses.field(init=False, compare=False)
 
@@ -320,6 +332,7 @@ class Trigger(Definition):
         *,
         cron: str | None = None,
         timezone: str | None = None,
+        catch_up: int = 1,
     ) -> None:
         fields = tuple(payload)
         by_name: dict[str, Field] = {}
@@ -331,6 +344,7 @@ class Trigger(Definition):
         _set(self, "payload", fields)
         _set(self, "cron", cron)
         _set(self, "timezone", timezone)
+        _set(self, "catch_up", catch_up)
         _set(self, "_by_name", by_name)
         _set(self, "_fields", tuple(by_name.values()))
 

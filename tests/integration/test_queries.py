@@ -148,6 +148,16 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     # claims.sql: rows keyed like the batches', sorted by that key in _claims.
     "claim_runs": (["int8", *_FIELDS], _SWEPT),
     "claim_runs_by_workflow": (["int8", "text", *_FIELDS], _SWEPT),
+    # scheduler.sql
+    "scheduler_clock": ([], [("clock_timestamp", "timestamptz")]),
+    "read_cron_state": (
+        ["text[]", "text[]"],
+        [("workflow", "text"), ("trigger", "text"), ("last_tick", "timestamptz")],
+    ),
+    "fire_cron_ticks": (
+        ["text[]"] * 10,
+        [("id", "uuid"), ("run", "text")],
+    ),
 }
 
 

@@ -258,6 +258,7 @@ _RUN_SECTIONS = {
     "Listing, paging and counting",
     "Retention, bulk cancel and stale runs",
     "Reacting to runs: waiting, the change feed, claiming",
+    "Cron triggers and the scheduler",
     "Serving runs over HTTP (FastAPI)",
     "Testing code that uses squidmesh",
 }
@@ -268,3 +269,11 @@ def test_every_python_block_of_the_readme_is_in_a_section_a_test_runs() -> None:
         heading = section.split("\n", 1)[0].strip()
         if "```python" in section:
             assert heading in _RUN_SECTIONS, f"README section {heading!r} has a block no test runs"
+
+
+async def test_readme_scheduler_block_runs(store: Any) -> None:
+    """On a store of its own: the fixture's workflows have a cron trigger too."""
+    from squidmesh import RunStore
+
+    (code,) = _blocks("Cron triggers and the scheduler")
+    await _run_block(code, RunStore(store.pool))

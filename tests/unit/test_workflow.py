@@ -920,7 +920,7 @@ def test_parts_are_dataclasses_with_the_documented_fields() -> None:
         return [f.name for f in dataclasses.fields(cls) if f.init]
 
     assert init_fields(Field) == ["name", "type", "required", "default"]
-    assert init_fields(Trigger) == ["name", "payload", "cron", "timezone"]
+    assert init_fields(Trigger) == ["name", "payload", "cron", "timezone", "catch_up"]
     assert init_fields(Step) == ["name", "kind", "after"]
     assert init_fields(Transition) == ["from_step", "on", "to"]
     assert init_fields(Workflow) == ["name", "triggers", "steps", "transitions"]
