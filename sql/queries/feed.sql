@@ -28,6 +28,8 @@ SELECT COALESCE(pg_catalog.max(t.id), 0) FROM squidmesh.feed_ticks t;
 
 -- name: get_runs_by_ids
 -- The runs whose ids are in $1 (those that exist), for the waiters the
--- watcher wakes: one statement for any number of them.
+-- watcher wakes: one statement for any number of them. The ids go in as
+-- text[]: asyncpg knows that array type, while for uuid[] it would look the
+-- type up with a query of its own on every new connection.
 SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
-WHERE r.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[]);
+WHERE r.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]::pg_catalog.uuid[]);

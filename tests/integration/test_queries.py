@@ -43,7 +43,7 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     ),
     "feed_tick": (["interval"], [("feed_tick", "int8")]),
     "newest_tick": ([], [("coalesce", "int8")]),
-    "get_runs_by_ids": (["uuid[]"], _RUN),
+    "get_runs_by_ids": (["text[]"], _RUN),
     "lock_run": (["uuid"], _RUN),
     "list_runs_by_status": (["int8", "text"], _RUN),
     "list_runs_by_workflow_status": (["int8", "text", "text"], _RUN),
