@@ -124,6 +124,7 @@ class Watcher:
         self._position: str | None = None
         self._wake = asyncio.Event()
         self._recheck_at: float | None = None
+        self._last_write = -math.inf  # when observe last saw a change (monotonic)
         self._task: asyncio.Task[None] | None = None
         self._scope: anyio.CancelScope | None = None
         self._closed = False
@@ -197,8 +198,9 @@ class Watcher:
             # most once per interval, not once per write). Its own consumers
             # read now, in case a tick is already due; a waiting loop reads
             # at most once per interval for writes with no consumer.
+            self._last_write = time.monotonic()
             if self._recheck_at is None:
-                self._recheck_at = time.monotonic() + TICK_EVERY.total_seconds()
+                self._recheck_at = self._last_write + TICK_EVERY.total_seconds()
                 self._wake.set()  # the loop may sleep with no deadline: set one
             elif self._consumers:
                 self._wake.set()
@@ -316,7 +318,17 @@ class Watcher:
             # processes' waiters.
             self._position = None
             if published:
-                await q.write_value(self._pool, SQL.feed_tick, TICK_EVERY)
+                made = await q.write_value(self._pool, SQL.feed_tick, TICK_EVERY)
+                # None: not due, as a tick younger than the interval exists,
+                # or nothing changed; -1: another process is ticking. A tick
+                # made after this store's last write covers it: that is sure
+                # once the last write is two intervals old. Until then, look
+                # again an interval later.
+                every = TICK_EVERY.total_seconds()
+                if (made is None or made == -1) and (
+                    time.monotonic() - self._last_write < 2 * every
+                ):
+                    self._recheck_at = time.monotonic() + every
             return
         unchecked = list(self._unchecked)
         self._unchecked.clear()
