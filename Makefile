@@ -2,7 +2,8 @@
 #   make demo            the tour, on an embedded PostgreSQL unless SQUIDMESH_DSN is set
 #   make test            all tests (SQUIDMESH_TEST_DSN to use your own server;
 #                        SQUIDMESH_TEST_BACKEND=docker for a container; installs
-#                        Debian's pgbouncer if missing and root or sudo allows)
+#                        Debian's pgbouncer and chromium if missing and root or
+#                        sudo allows)
 #   make test PYTEST_ARGS='-k cancel -x'
 #   make test-pg15       all tests on Debian's PostgreSQL 15 (installs postgresql-15 if missing)
 #   make bench BENCH_ARGS='--runs 20000'
@@ -41,11 +42,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m squidmesh demo
 
-# tests/install_pgbouncer.sh fills in a missing pgbouncer for the PgBouncer
-# tests when it may (root or passwordless sudo) and never fails: without it,
-# those tests skip and say why.
+# tests/install_pgbouncer.sh and tests/install_chromium.sh fill in a missing
+# pgbouncer (the PgBouncer tests) and Debian's chromium (the dashboard's
+# browser tests) when they may (root or passwordless sudo) and never fail:
+# without them, those tests skip and say why.
 test: $(STAMP)
 	@bash tests/install_pgbouncer.sh
+	@bash tests/install_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Installing postgresql-15 may create and start Debian's own "main" cluster;

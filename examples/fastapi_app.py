@@ -11,9 +11,17 @@ Then (the API is under /api; the OpenAPI page at http://127.0.0.1:8000/docs):
          -H "Authorization: Bearer $SQUIDMESH_API_TOKEN" \\
          -H 'Content-Type: application/json' -d '{"account_id": "acct-1"}'
 
+The dashboard is at http://127.0.0.1:8000/dashboard/ (runs, a run's timeline,
+the workflows; live; with cancel and replay buttons). A browser sends no
+bearer token, so the dashboard asks for HTTP Basic instead: any user name,
+and SQUIDMESH_API_TOKEN as the password (the browser prompts once and then
+sends it with every request, the event stream included). Serve it over
+HTTPS anywhere but on your own machine: Basic sends the password with each
+request.
+
 What the app writes itself is only its workflows and its auth: the routes,
-the store's lifecycle, the JSON encoding and the error answers come from
-``squidmesh.fastapi``.
+the store's lifecycle, the JSON encoding, the pages and the error answers
+come from ``squidmesh.fastapi``.
 """
 
 from __future__ import annotations
@@ -25,11 +33,16 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import (
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 
 import squidmesh
 from squidmesh import Field, Step, Transition, Trigger, Workflow
-from squidmesh.fastapi import lifespan, runs_router
+from squidmesh.fastapi import dashboard_router, lifespan, runs_router
 
 invoice_reminder = Workflow(
     "billing.invoice_reminder",
@@ -96,7 +109,29 @@ async def require_token(
         )
 
 
+basic = HTTPBasic(auto_error=False, realm="squidmesh dashboard")
+
+
+async def require_person(
+    request: Request,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)],
+) -> None:
+    """The dashboard's authorisation: HTTP Basic, SQUIDMESH_API_TOKEN as the password."""
+    expected: str = request.app.state.api_token
+    if credentials is None or not secrets.compare_digest(
+        credentials.password.encode(), expected.encode()
+    ):
+        raise HTTPException(
+            status_code=401,
+            detail="log in with any user name and SQUIDMESH_API_TOKEN as the password",
+            headers={"WWW-Authenticate": 'Basic realm="squidmesh dashboard"'},
+        )
+
+
 app = FastAPI(title="squidmesh runs", lifespan=app_lifespan)
 app.include_router(
     runs_router(dependencies=[Depends(require_token)], prefix="/api", workflows=WORKFLOWS)
+)
+app.include_router(
+    dashboard_router(dependencies=[Depends(require_person)], prefix="/dashboard", actions=True)
 )

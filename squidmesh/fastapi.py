@@ -17,6 +17,10 @@ Three pieces, and an app needs nothing else but its workflows and its auth::
 - ``runs_router(dependencies=..., prefix=...)`` is an ``APIRouter`` with the
   run API. Nothing is served unless the app includes it, and every route
   runs the ``dependencies`` (authorisation) first.
+- ``dashboard_router(dependencies=..., prefix=..., actions=False)`` is an
+  ``APIRouter`` with the web dashboard (HTML pages, live over server-sent
+  events; cancel and replay buttons only with ``actions=True``), guarded the
+  same way. It needs Jinja2, which the ``fastapi`` extra brings.
 
 Routes (relative to ``prefix``):
 
@@ -134,7 +138,14 @@ from ._store import RunStore
 from ._types import Run, RunPage, RunStatus
 from ._workflow import NOW_ISO8601, TODAY_ISO8601, Trigger, Workflow
 
-__all__ = ("MAX_WAIT_SECONDS", "MsgspecResponse", "get_store", "lifespan", "runs_router")
+__all__ = (
+    "MAX_WAIT_SECONDS",
+    "MsgspecResponse",
+    "dashboard_router",
+    "get_store",
+    "lifespan",
+    "runs_router",
+)
 
 MAX_WAIT_SECONDS: Final = 60.0
 """The longest ``?wait=`` a ``GET /runs/{run_id}`` accepts, in seconds."""
@@ -936,3 +947,49 @@ def runs_router(
         },
     )
     return router
+
+
+def dashboard_router(
+    *,
+    dependencies: Sequence[params.Depends] = (),
+    prefix: str = "",
+    actions: bool = False,
+) -> APIRouter:
+    """The web dashboard as an ``APIRouter``: include it with ``app.include_router``.
+
+    Server-rendered pages that read without JavaScript, kept live by a small
+    script of squidmesh's own over server-sent events from the change feed;
+    everything it serves is in the package (no CDN, no build step):
+
+    - ``GET {prefix}/``: the runs, with their counts by status for the chosen
+      workflow and time range, filters kept in the URL and keyset pages;
+    - ``GET {prefix}/runs/{run_id}``: one run: its fields, payload, context
+      and last error, its timeline to scale (transitions, step runs,
+      attempts), its audit events and its lineage;
+    - ``GET {prefix}/workflows``: the store's workflows, their triggers
+      (payload fields, cron schedules) and their steps;
+    - ``GET {prefix}/events``: the change feed as ``text/event-stream``;
+    - ``GET {prefix}/static/{name}``: its stylesheet, script and icon.
+
+    Args:
+        dependencies: run before every route, the event stream and the static
+            files included (authorisation), e.g. ``[Depends(require_user)]``;
+            what they raise is the app's to answer. A browser sends cookies
+            and HTTP Basic credentials by itself, but no ``Authorization:
+            Bearer`` header: guard the dashboard with what a browser sends.
+        prefix: a path prefix for every route, e.g. ``"/dashboard"``.
+        actions: add ``POST {prefix}/runs/{run_id}/cancel`` and ``.../replay``
+            and their buttons on the run page. The forms carry a token that
+            must match a ``SameSite=Strict`` cookie, and a request whose
+            ``Sec-Fetch-Site`` or ``Origin`` names another site is refused
+            (403 ``cross_site_request``). Without ``actions`` those routes do
+            not exist.
+
+    Errors are this API's (404 ``run_not_found``, 409 ``invalid_transition``,
+    412 ``version_conflict``, 422 ``invalid_cursor``...), as a page for a
+    browser and as the same JSON otherwise. No route is in the OpenAPI
+    document.
+    """
+    from ._dashboard import build_router
+
+    return build_router(dependencies=dependencies, prefix=prefix, actions=actions)

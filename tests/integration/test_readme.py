@@ -260,6 +260,7 @@ _RUN_SECTIONS = {
     "Reacting to runs: waiting, the change feed, claiming",
     "Cron triggers and the scheduler",
     "Serving runs over HTTP (FastAPI)",
+    "A dashboard in the browser",
     "Testing code that uses squidmesh",
 }
 
