@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -578,3 +580,37 @@ async def test_console_script(tmp_path: Path, store: RunStore, dsn: str) -> None
     )
     assert version.code == 0 and version.out.strip() == f"squidmesh {squidmesh.__version__}"
     assert replayed.run().replayed_from_run_id == failed.id
+
+
+def _readme_cli_block() -> tuple[Path, str]:
+    """The console script, and the sh block of the README's CLI section."""
+    script = Path(sys.executable).with_name("squidmesh")
+    if not script.exists():
+        pytest.skip(f"no console script at {script} (pip install -e . installs it)")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Operating from a shell (the `squidmesh` command)", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    assert match, "the README's CLI section has no sh block"
+    return script, match.group(1)
+
+
+async def test_the_readme_cli_block_runs_as_written(dsn: str, store: RunStore) -> None:
+    """The README's example commands, through the installed console script."""
+    script, block = _readme_cli_block()
+    run = await store.create_run("billing.invoice_reminder", {"account_id": "a"})
+    env = {
+        **os.environ,
+        "SQUIDMESH_DSN": dsn,
+        "RUN": str(run.id),
+        "PATH": f"{script.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", "set -euo pipefail\n" + block],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"to_status": "pending"' in done.stdout or '"to_status":"pending"' in done.stdout
