@@ -158,6 +158,15 @@ class FeedOps:
             )
         return ChangePage(changes=changes, position=encode_position(position))
 
+    async def head(self) -> str:
+        """A position after every change committed before the call.
+
+        A tick is made first when one is due, so the position does not lie
+        at an old tick with everything written since still after it.
+        """
+        await q.write_value(self._pool, SQL.feed_tick, TICK_EVERY)
+        return await self.newest()
+
     async def newest(self) -> str:
         """The position of the newest tick: only changes after it follow."""
         tick = await q.value(self._pool, SQL.newest_tick)

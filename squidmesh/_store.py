@@ -1075,6 +1075,17 @@ class RunStore:
         """
         return await self._feed.read(after, workflow, limit)
 
+    async def head_position(self) -> str:
+        """Where a consumer starts that wants only the changes from now on.
+
+        Pass it as ``after`` to ``read_changes`` or ``changes``: what follows
+        are changes committed after the newest tick (at most one tick
+        interval, 50 ms, before the call), never any earlier one, so a
+        consumer that starts here does not read the whole log first. Two
+        round trips (a tick when one is due, then the newest tick).
+        """
+        return await self._feed.head()
+
     async def changes(
         self, after: str | None = None, *, workflow: str | None = None, batch_size: int = 500
     ) -> AsyncIterator[RunChange]:

@@ -29,14 +29,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .. import _queries as q
 from .._errors import InvalidPosition
-from .._feed import TICK_EVERY, FeedOps, decode_position
-from .._queries import SQL
+from .._feed import decode_position
 from .._store import RunStore
 from .._types import RunChange
 
-__all__ = ("EventStream", "feed_head", "start_position")
+__all__ = ("EventStream", "start_position")
 
 #: How long one response streams before it ends (the browser reconnects).
 STREAM_SECONDS: Final = 25.0
@@ -46,17 +44,6 @@ HEARTBEAT_SECONDS: Final = 10.0
 #: What the browser waits before it reconnects, in milliseconds.
 RETRY_MS: Final = 1000
 _BUFFER: Final = 256
-
-
-async def feed_head(store: RunStore) -> str:
-    """The position from which only changes committed from now on follow.
-
-    A tick is made first (when the newest is older than the feed's 50 ms),
-    so that the stream does not start at an old tick and read everything
-    written since (a tick is only made by readers of the feed).
-    """
-    await q.write_value(store.pool, SQL.feed_tick, TICK_EVERY)
-    return await FeedOps(store.pool).newest()
 
 
 async def start_position(store: RunStore, *candidates: str | None) -> tuple[str, bool]:
@@ -75,7 +62,7 @@ async def start_position(store: RunStore, *candidates: str | None) -> tuple[str,
             refused = True
             continue
         return candidate, False
-    return await feed_head(store), refused
+    return await store.head_position(), refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +165,7 @@ class EventStream(Response):
                             await out.send(change)
                     return
                 except InvalidPosition:
-                    position = await feed_head(self.store)
+                    position = await self.store.head_position()
                     await out.send(_Reset(position))
                 except RuntimeError:
                     if not getattr(self.store, "_closed", False):

@@ -354,7 +354,7 @@ def build_router(
         before = _time_bound("created_before", created_before)
         statuses = [s for s in status or () if s]
         chosen = workflow.strip() or None
-        position = await events.feed_head(store)
+        position = await store.head_position()
         filters: dict[str, Any] = {
             "workflow": chosen,
             "status": statuses or None,
@@ -442,7 +442,7 @@ def build_router(
         notice: str = "",
     ) -> Response:
         now = datetime.now(UTC)
-        position = await events.feed_head(store)
+        position = await store.head_position()
         run, replay_page = await _gather(
             lambda: store.get_run(run_id, include_history=True),
             lambda: store.page_runs(replayed_from=run_id, limit=_REPLAYS_SHOWN),

@@ -1064,3 +1064,22 @@ async def test_the_limits_bounds_are_accepted(store: RunStore) -> None:
     feed = Consumer(store)
     await feed.until_seen(*((r.id, 1) for r in runs), limit=1)
     assert (await store.read_changes(None, limit=10_000)).changes == feed.seen
+
+
+async def test_head_position_skips_what_committed_before_it(store: RunStore) -> None:
+    before = await store.create_run(ETL_DAILY, {})
+    await asyncio.sleep(0.06)  # older than a tick interval: the head must tick past it
+    head = await store.head_position()
+    page = await store.read_changes(head)
+    assert before.id not in {c.run_id for c in page.changes}
+    after = await store.create_run(ETL_DAILY, {})
+    seen: list[RunChange] = []
+    deadline = time.monotonic() + 10
+    position = head
+    while after.id not in {c.run_id for c in seen}:
+        assert time.monotonic() < deadline, "the change after the head never came"
+        page = await store.read_changes(position)
+        seen.extend(page.changes)
+        position = page.position
+        await asyncio.sleep(0.02)
+    assert before.id not in {c.run_id for c in seen}

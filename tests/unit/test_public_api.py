@@ -111,6 +111,7 @@ RUNTIME_STORE_METHODS = (
     "complete_attempt",
     "fail_attempt",
     "read_changes",
+    "head_position",
     "wait_for",
     "claim_runs",
     "prune_feed",
