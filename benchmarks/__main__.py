@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import _harness as h
 from . import (
@@ -125,6 +125,7 @@ async def main(args: argparse.Namespace) -> int:
         server["source"] = source
         report["postgres"] = server
         print(_header(machine, server, args))
+        print(LEGEND)
         if args.profile:
             async with h.fresh_database(admin_dsn, "profile") as dsn:
                 text, shares = await bench_ops.profile_op(dsn, args.profile, max(args.runs, 2000))
@@ -200,11 +201,98 @@ async def main(args: argparse.Namespace) -> int:
             report["scheduler"] = scheduling
             print()
             print(bench_scheduler.describe(scheduling, count * per))
+    targets = target_rows(report)
+    if targets:
+        report["targets"] = targets
+        print()
+        print(describe_targets(targets))
     elapsed = time.monotonic() - started
     report["elapsed_s"] = round(elapsed, 1)
     print(f"\nfinished in {elapsed:.0f} s")
     _write_json(args.json, report)
     return 0
+
+
+LEGEND = """\
+How to read the tables. ops/s: the median over the rounds; p50, p99: over all
+calls, in ms; ratio: the median over the rounds of (variant ops/s) / (the
+baseline's ops/s in the same round), above 1 is faster than the baseline.
+Each baseline is raw asyncpg on the same server and pool with the best plain
+SQL for the operation (one statement: the guarded UPDATE ... RETURNING of
+PostgreSQL 18, the composite indexes; for the history read, three plain
+SELECTs), returning what squidmesh returns: UUIDs and aware datetimes from
+asyncpg, the jsonb columns decoded into dicts by msgspec (in tuples, the
+cheapest container). stmts: statements one call sends, counted with
+asyncpg's query logger after warm-up; each is one round trip (a default
+pool's reset query counts). "same SQL + decode, raw": squidmesh's own
+statement through raw asyncpg, its row decoded by squidmesh's decoder;
+baseline vs it is the cost of the SQL, it vs squidmesh the cost of the
+Python around it."""
+
+# The ratio issue 16 asks of every target, at concurrency 1 and 16.
+TARGET: Final = 0.9
+
+
+def target_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of issue 16 in this run: the ratio at c1 and c16."""
+    rows: list[dict[str, Any]] = []
+
+    def add(label: str, baseline: str, found: list[dict[str, Any]], key: str) -> None:
+        ratios = {r["concurrency"]: r["ratio"] for r in found if r.get(key) is not None}
+        if ratios:
+            rows.append({"target": label, "baseline": baseline, "ratios": ratios})
+
+    ops = report.get("operations") or []
+    for op in ("create_run", "transition_run", "update_run", "cancel_run", "get_run", "list_runs"):
+        mine = [r for r in ops if r["op"] == op]
+        base = next((r["variant"] for r in mine if r["role"] == "baseline"), "")
+        found = [r for r in mine if r["role"] == "squidmesh"]
+        label = "list_runs (50 rows)" if op == "list_runs" else op
+        add(label, base.removeprefix("baseline: "), found, "ratio")
+    listing = report.get("list")
+    if listing:
+        add(
+            f"list_runs (50 of {listing['rows_in_table']:,})",
+            "SELECT ... LIMIT 50 + decode",
+            [r for r in listing["rows"] if r["ratio"] is not None],
+            "ratio",
+        )
+    for shape in (report.get("paging") or {}).get("pages", []):
+        add(
+            f"page_runs ({shape['shape']})",
+            "plain SQL + decode",
+            [r for r in shape["rows"] if r["ratio"] is not None],
+            "ratio",
+        )
+    history = report.get("history")
+    if history and history.get("available"):
+        add(
+            "history 50 x 3",
+            "3 SELECTs + decode",
+            [r for r in history["rows"] if r["ratio"] is not None],
+            "ratio",
+        )
+    return rows
+
+
+def describe_targets(rows: list[dict[str, Any]]) -> str:
+    table = []
+    for row in rows:
+        r1, r16 = row["ratios"].get(1), row["ratios"].get(16)
+        met = [r for r in (r1, r16) if r is not None]
+        table.append(
+            (
+                row["target"],
+                row["baseline"],
+                "-" if r1 is None else f"{r1:.3f}",
+                "-" if r16 is None else f"{r16:.3f}",
+                "yes" if met and min(met) >= TARGET else "no",
+            )
+        )
+    return (
+        f"Targets (issue 16): squidmesh / baseline >= {TARGET} at concurrency 1 and 16\n"
+        + h.table(("target", "baseline", "c1", "c16", f">= {TARGET}"), table)
+    )
 
 
 def _header(machine: dict[str, Any], server: dict[str, Any], args: argparse.Namespace) -> str:

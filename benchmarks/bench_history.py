@@ -3,7 +3,8 @@
 Reports ops/s and p50 at each concurrency, the number of statements one call
 sends (counted with asyncpg's query logger after warm-up: one statement is
 one round trip), and, next to it, the textbook read of the same data with
-three plain SELECTs (run, step runs, attempts) on one connection.
+three plain SELECTs (run, step runs, attempts) on one connection, decoded
+into the same values (jsonb into dicts, attempts grouped by step run).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from squidmesh import RunStore, Step, Trigger, Workflow
 
 from . import _harness as h
+from .bench_ops import RUN_COLUMNS, run_values
 
 STEPS: Final = 50
 ATTEMPTS: Final = 3
@@ -48,22 +51,50 @@ SELECT gen_random_uuid(), s.id, a,
        s.inserted_at + a * interval '10 milliseconds'
 FROM s, generate_series(1, $3::int) AS a"""
 
-SQL_BASE_RUN: Final = "SELECT * FROM squidmesh.runs WHERE id = $1"
-SQL_BASE_STEPS: Final = (
-    "SELECT * FROM squidmesh.step_runs WHERE run_id = $1 ORDER BY inserted_at, id"
-)
+SQL_BASE_RUN: Final = f"SELECT {RUN_COLUMNS} FROM squidmesh.runs WHERE id = $1"
+SQL_BASE_STEPS: Final = """\
+SELECT id, step, status, input, output, last_error, kind, manual, inserted_at, updated_at
+FROM squidmesh.step_runs WHERE run_id = $1 ORDER BY inserted_at, id"""
 SQL_BASE_ATTEMPTS: Final = """\
-SELECT a.* FROM squidmesh.step_attempts a
+SELECT a.step_run_id, a.id, a.attempt_number, a.status, a.error, a.inserted_at, a.updated_at
+FROM squidmesh.step_attempts a
 JOIN squidmesh.step_runs s ON s.id = a.step_run_id
 WHERE s.run_id = $1 ORDER BY a.step_run_id, a.attempt_number"""
+_json: Final = msgspec.json.decode
+
+
+def _opt(text: str | None) -> object:
+    return None if text is None else _json(text)
 
 
 async def _baseline(pool: asyncpg.Pool, run_id: UUID) -> object:
+    """Three plain SELECTs on one connection, decoded into the values
+    squidmesh returns: the run, its step runs in order (jsonb decoded), each
+    with its attempts in order (grouped by step run)."""
     async with pool.acquire() as conn:
         run = await conn.fetchrow(SQL_BASE_RUN, run_id)
         steps = await conn.fetch(SQL_BASE_STEPS, run_id)
         attempts = await conn.fetch(SQL_BASE_ATTEMPTS, run_id)
-    return run, steps, attempts
+    by_step: dict[UUID, list[tuple[object, ...]]] = {}
+    for a in attempts:
+        by_step.setdefault(a[0], []).append((a[1], a[2], a[3], _opt(a[4]), a[5], a[6]))
+    step_runs = [
+        (
+            s[0],
+            s[1],
+            s[2],
+            _json(s[3]),
+            _opt(s[4]),
+            _opt(s[5]),
+            s[6],
+            _opt(s[7]),
+            by_step.get(s[0], []),
+            s[8],
+            s[9],
+        )
+        for s in steps
+    ]
+    return None if run is None else run_values(run), step_runs
 
 
 async def run(dsn: str, calls: int, live: h.LiveLine) -> dict[str, Any]:
@@ -101,7 +132,7 @@ async def run(dsn: str, calls: int, live: h.LiveLine) -> dict[str, Any]:
             await h.timed(base, items[: max(50, 4 * conc)], conc, live)
             live.start(f"history c={conc}", 2 * calls)
             rows += await h.compare(
-                ("3 SELECTs, raw (run, step runs, attempts)", base),
+                ("baseline: 3 SELECTs + decode (run, step runs, attempts)", base),
                 ("squidmesh get_run(include_history=True)", squid),
                 items,
                 conc,

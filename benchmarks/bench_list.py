@@ -6,7 +6,8 @@ statuses, most runs finished, as in a store that has been used for a while.
 The plan of squidmesh's own query is printed with EXPLAIN (ANALYZE, BUFFERS),
 and also its generic plan (the one a prepared statement may switch to after
 five executions), then the call is timed next to a raw asyncpg
-``SELECT * ... ORDER BY inserted_at DESC, id DESC LIMIT 50``.
+``SELECT <the run's columns> ... ORDER BY inserted_at DESC, id DESC LIMIT 50``
+whose rows are decoded into the same values (jsonb into dicts).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from squidmesh import RunStore
-from squidmesh._sql import Q
+from squidmesh._queries import SQL
 
 from . import _harness as h
+from .bench_ops import RUN_COLUMNS, run_values
 
 WORKFLOWS: Final = 20
 TARGET_WORKFLOW: Final = "bench.list_7"
@@ -38,8 +40,8 @@ SELECT gen_random_uuid(),
        timestamptz '2025-01-01 00:00:00+00' + g * interval '10 seconds',
        timestamptz '2025-01-01 00:00:00+00' + g * interval '10 seconds'
 FROM generate_series($1::int, $2::int) AS g"""
-SQL_BASELINE: Final = """\
-SELECT * FROM squidmesh.runs WHERE workflow = $1 AND status = $2
+SQL_BASELINE: Final = f"""\
+SELECT {RUN_COLUMNS} FROM squidmesh.runs WHERE workflow = $1 AND status = $2
 ORDER BY inserted_at DESC, id DESC LIMIT 50"""
 
 
@@ -54,8 +56,9 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, An
             live.done = stop
         await live.stop()
         await pool.execute("VACUUM (ANALYZE) squidmesh.runs")
-        sql = Q["list_runs_by_workflow_status"]
-        args = (50, TARGET_WORKFLOW, TARGET_STATUS)
+        sql = SQL.list_runs_by_workflow_status
+        # status, the (inserted_at, id) bound, created_after, limit, workflow
+        args = (TARGET_STATUS, None, None, None, 50, TARGET_WORKFLOW)
         plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args))
         generic = await _generic_plan(pool, sql, args)
         matching = await pool.fetchval(
@@ -70,7 +73,8 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, An
             return await store.list_runs(workflow=TARGET_WORKFLOW, status=TARGET_STATUS, limit=50)
 
         async def base(_: object) -> object:
-            return await pool.fetch(SQL_BASELINE, TARGET_WORKFLOW, TARGET_STATUS)
+            rows = await pool.fetch(SQL_BASELINE, TARGET_WORKFLOW, TARGET_STATUS)
+            return [run_values(r) for r in rows]
 
         out_rows = []
         for conc in (1, 16):
@@ -82,7 +86,7 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, An
             await h.timed(base, warm, 16, live)
             live.start(f"list c={conc}", 2 * calls)
             out_rows += await h.compare(
-                ("baseline: SELECT * ... LIMIT 50", base),
+                ("baseline: SELECT ... LIMIT 50 + decode", base),
                 ("squidmesh list_runs", squid),
                 [None] * calls,
                 conc,
@@ -106,18 +110,19 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, An
 async def _generic_plan(pool: Any, sql: str, args: tuple[object, ...]) -> str:
     """The plan a prepared statement uses once PostgreSQL settles on a generic plan."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"PREPARE bench_list (int, text, text) AS {sql}")
+        await conn.execute(f"PREPARE bench_list AS {sql}")
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        limit, workflow, status = args
-        rows = await conn.fetch(
-            f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_list({int(str(limit))}, "
-            f"{_literal(workflow)}, {_literal(status)})"
-        )
+        values = ", ".join(_literal(a) for a in args)
+        rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_list({values})")
         await conn.execute("DEALLOCATE bench_list")
     return "\n".join(r[0] for r in rows)
 
 
 def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
     return "'" + str(value).replace("'", "''") + "'"
 
 

@@ -1,17 +1,20 @@
-"""The run operations against raw asyncpg doing the same SQL shape in one statement.
+"""The run operations against raw asyncpg doing the same work in one statement.
 
 For each operation the suite times, on the same server, the same pool
 configuration (16 connections, ``reset=squidmesh.no_reset``, as
 ``RunStore.connect`` opens it) and in the same process:
 
-* ``baseline``: raw asyncpg, one statement of the same shape (a guarded
-  ``UPDATE ... WHERE id = $1 AND status = ANY($3) RETURNING *``, a single
-  ``INSERT ... RETURNING *``, ``SELECT * WHERE id = $1``, ...), rows left as
-  asyncpg Records;
+* ``baseline``: raw asyncpg and the best plain SQL for the operation, one
+  statement (a guarded ``UPDATE ... WHERE id = $1 AND status = ANY($3)
+  RETURNING <columns>``, a single ``INSERT ... RETURNING``, ``SELECT
+  <columns> WHERE id = $1``, ``... ORDER BY inserted_at DESC, id DESC LIMIT
+  50`` on the composite index), returning the values squidmesh returns:
+  asyncpg's UUIDs and aware datetimes, payload, context and last_error
+  decoded into dicts with msgspec, as a tuple;
 * ``squidmesh``: the public ``RunStore`` call;
-* ``same SQL, raw``: squidmesh's own SQL text sent through raw asyncpg with no
-  Python around it, which splits a gap into "the SQL costs more" and "the
-  Python costs more";
+* ``same SQL + decode, raw``: squidmesh's own statement through raw asyncpg,
+  its row decoded by ``squidmesh._codec.decode_run`` and no other Python,
+  which splits a gap into "the SQL costs more" and "the Python costs more";
 * for ``transition_run`` also the textbook ``BEGIN; SELECT ... FOR UPDATE;
   UPDATE; COMMIT`` on the same pool and on a default asyncpg pool (which
   sends a reset query on every release), and squidmesh on a default pool.
@@ -28,15 +31,25 @@ import cProfile
 import pstats
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from squidmesh import Field, RunStatus, RunStore, Step, Transition, Trigger, Workflow, state_machine
+from squidmesh import (
+    Field,
+    RunStatus,
+    RunStore,
+    Step,
+    Transition,
+    Trigger,
+    Workflow,
+    _codec,
+    state_machine,
+)
 from squidmesh._ids import uuid7
-from squidmesh._sql import Q
+from squidmesh._queries import SQL
 
 from . import _harness as h
 
@@ -61,34 +74,72 @@ SOURCES_RUNNING: Final = list(state_machine.sources_of(RunStatus.RUNNING))
 _encoder: Final = msgspec.json.Encoder()
 
 # -- the raw baselines: one statement each ------------------------------------
+#
+# What a skilled user of asyncpg writes for the same operation on the same
+# schema: the columns a Run holds (not *), one statement, and the values
+# squidmesh returns: asyncpg's own UUIDs and aware datetimes (binary), the
+# jsonb columns decoded into dicts with msgspec. The runs_write trigger
+# belongs to the table, so it stamps version and updated_at for these
+# UPDATEs too, as it does for squidmesh's.
 
-SQL_INSERT: Final = """\
+RUN_COLUMNS: Final = (
+    "id, workflow, trigger, status, payload, context, current_step, last_error, "
+    "replayed_from_run_id, version, idempotency_key, inserted_at, updated_at"
+)
+SQL_INSERT: Final = f"""\
 INSERT INTO squidmesh.runs (id, workflow, trigger, status, payload, current_step)
 VALUES ($1, $2, $3, 'pending', $4::text::jsonb, $5)
-RETURNING *"""
-SQL_GET: Final = "SELECT * FROM squidmesh.runs WHERE id = $1"
-SQL_TRANSITION: Final = """\
-UPDATE squidmesh.runs SET status = $2, version = version + 1, updated_at = now()
+RETURNING {RUN_COLUMNS}"""
+SQL_GET: Final = f"SELECT {RUN_COLUMNS} FROM squidmesh.runs WHERE id = $1"
+SQL_TRANSITION: Final = f"""\
+UPDATE squidmesh.runs SET status = $2
 WHERE id = $1 AND status = ANY($3::text[])
-RETURNING *"""
-SQL_UPDATE: Final = """\
-UPDATE squidmesh.runs SET context = $2::text::jsonb, version = version + 1, updated_at = now()
+RETURNING {RUN_COLUMNS}"""
+SQL_UPDATE: Final = f"""\
+UPDATE squidmesh.runs SET context = $2::text::jsonb
 WHERE id = $1
-RETURNING *"""
-SQL_CANCEL: Final = """\
+RETURNING {RUN_COLUMNS}"""
+SQL_CANCEL: Final = f"""\
 UPDATE squidmesh.runs SET
     status = CASE WHEN status IN ('pending', 'paused') THEN 'cancelled' ELSE 'cancelling' END,
-    current_step = NULL, version = version + 1, updated_at = now()
+    current_step = NULL
 WHERE id = $1 AND status IN ('pending', 'paused', 'running', 'retrying')
-RETURNING *"""
-SQL_LIST: Final = """\
-SELECT * FROM squidmesh.runs WHERE workflow = $1 AND status = $2
+RETURNING {RUN_COLUMNS}"""
+SQL_LIST: Final = f"""\
+SELECT {RUN_COLUMNS} FROM squidmesh.runs WHERE workflow = $1 AND status = $2
 ORDER BY inserted_at DESC, id DESC LIMIT 50"""
 SQL_LOCK: Final = "SELECT status FROM squidmesh.runs WHERE id = $1 FOR UPDATE"
-SQL_TEXTBOOK_WRITE: Final = """\
-UPDATE squidmesh.runs SET status = $2, version = version + 1, updated_at = now()
+SQL_TEXTBOOK_WRITE: Final = f"""\
+UPDATE squidmesh.runs SET status = $2
 WHERE id = $1
-RETURNING *"""
+RETURNING {RUN_COLUMNS}"""
+_json: Final = msgspec.json.decode
+
+
+def run_values(r: asyncpg.Record) -> tuple[object, ...]:
+    """A baseline's run: the values of a squidmesh ``Run``, as a tuple (the
+    cheapest container), with payload, context and last_error decoded."""
+    last_error = r[7]
+    return (
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        _json(r[4]),
+        _json(r[5]),
+        r[6],
+        None if last_error is None else _json(last_error),
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+    )
+
+
+def one_run(r: asyncpg.Record | None) -> tuple[object, ...] | None:
+    return None if r is None else run_values(r)
+
 
 # Bulk setup, outside the timed part.
 SQL_SEED_PENDING: Final = """\
@@ -157,27 +208,79 @@ async def nothing(env: Env, n: int) -> Sequence[Any]:
     return range(n)
 
 
+def _payload_text() -> str:
+    return _encoder.encode(PAYLOAD).decode()
+
+
+def _context_text() -> str:
+    return _encoder.encode(CONTEXT).decode()
+
+
 def _raw_insert(env: Env) -> Call:
     pool = env.pool
 
     async def call(_: object) -> object:
-        text = _encoder.encode(PAYLOAD).decode()
-        return await pool.fetchrow(
-            SQL_INSERT, uuid7(), "bench.invoice", "invoice_delivery", text, "load_invoice"
+        return one_run(
+            await pool.fetchrow(
+                SQL_INSERT,
+                uuid7(),
+                "bench.invoice",
+                "invoice_delivery",
+                _payload_text(),
+                "load_invoice",
+            )
         )
 
     return call
 
 
-def _same_sql_insert(env: Env) -> Call:
-    pool = env.pool
-    sql = Q["insert_run"]
+def _raw(sql: str, *args: object) -> Callable[[Env], Call]:
+    """The baseline: ``sql`` with the item (a run id) as $1, its run decoded."""
 
-    async def call(_: object) -> object:
-        text = _encoder.encode(PAYLOAD).decode()
-        return await pool.fetchval(
-            sql, uuid7(), "bench.invoice", "invoice_delivery", text, "load_invoice", None
-        )
+    def make(env: Env) -> Call:
+        pool = env.pool
+
+        async def call(uid: UUID) -> object:
+            return one_run(await pool.fetchrow(sql, uid, *args))
+
+        return call
+
+    return make
+
+
+def _same_sql(
+    query: LiteralString, args: Callable[[Any], tuple[object, ...]], *, many: bool = False
+) -> Callable[[Env], Call]:
+    """squidmesh's own statement through raw asyncpg, its runs decoded the way
+    the store decodes them (``_codec``), and no other Python around it."""
+
+    def make(env: Env) -> Call:
+        pool = env.pool
+        decode = _codec.decode_run
+        decode_many = _codec.decode_runs
+
+        if many:
+
+            async def call_many(item: Any) -> object:
+                return decode_many(await pool.fetch(query, *args(item)))
+
+            return call_many
+
+        async def call(item: Any) -> object:
+            row = await pool.fetchrow(query, *args(item))
+            assert row is not None
+            return decode(row)
+
+        return call
+
+    return make
+
+
+def _raw_update(env: Env) -> Call:
+    pool = env.pool
+
+    async def call(uid: UUID) -> object:
+        return one_run(await pool.fetchrow(SQL_UPDATE, uid, _context_text()))
 
     return call
 
@@ -191,18 +294,24 @@ def _textbook(pool_of: Callable[[Env], asyncpg.Pool]) -> Callable[[Env], Call]:
                 status = await conn.fetchval(SQL_LOCK, uid)
                 if status not in SOURCES_RUNNING:
                     raise RuntimeError(f"unexpected status {status}")
-                return await conn.fetchrow(SQL_TEXTBOOK_WRITE, uid, "running")
+                return one_run(await conn.fetchrow(SQL_TEXTBOOK_WRITE, uid, "running"))
 
         return call
 
     return make
 
 
-def _context_text() -> str:
-    return _encoder.encode(CONTEXT).decode()
+def _list_baseline(env: Env) -> Call:
+    pool = env.pool
+
+    async def call(_: object) -> object:
+        return [run_values(r) for r in await pool.fetch(SQL_LIST, LIST_WORKFLOW, "running")]
+
+    return call
 
 
 NO_FIELDS: Final = (False, None, False, None, False, None)
+SAME_SQL: Final = "same SQL + decode, raw"
 
 
 def operations() -> list[OpBench]:
@@ -213,30 +322,36 @@ def operations() -> list[OpBench]:
             "create_run",
             nothing,
             [
-                Variant("baseline: INSERT ... RETURNING *", "baseline", _raw_insert),
+                Variant("baseline: INSERT ... RETURNING", "baseline", _raw_insert),
                 Variant(
                     "squidmesh",
                     "squidmesh",
                     lambda e: lambda _: e.store.create_run("bench.invoice", PAYLOAD),
                 ),
-                Variant("same SQL, raw", "extra", _same_sql_insert),
+                Variant(
+                    SAME_SQL,
+                    "extra",
+                    _same_sql(
+                        SQL.insert_run,
+                        lambda _: (
+                            uuid7(),
+                            "bench.invoice",
+                            "invoice_delivery",
+                            _payload_text(),
+                            "load_invoice",
+                            None,
+                        ),
+                    ),
+                ),
             ],
         ),
         OpBench(
             "get_run",
             cycling(512),
             [
-                Variant(
-                    "baseline: SELECT * WHERE id",
-                    "baseline",
-                    lambda e: lambda uid: e.pool.fetchrow(SQL_GET, uid),
-                ),
+                Variant("baseline: SELECT ... WHERE id", "baseline", _raw(SQL_GET)),
                 Variant("squidmesh", "squidmesh", lambda e: lambda uid: e.store.get_run(uid)),
-                Variant(
-                    "same SQL, raw",
-                    "extra",
-                    lambda e: lambda uid: e.pool.fetchval(Q["get_run"], uid),
-                ),
+                Variant(SAME_SQL, "extra", _same_sql(SQL.get_run, lambda uid: (uid,))),
             ],
         ),
         OpBench(
@@ -246,9 +361,7 @@ def operations() -> list[OpBench]:
                 Variant(
                     "baseline: guarded UPDATE",
                     "baseline",
-                    lambda e: (
-                        lambda uid: e.pool.fetchrow(SQL_TRANSITION, uid, "running", SOURCES_RUNNING)
-                    ),
+                    _raw(SQL_TRANSITION, "running", SOURCES_RUNNING),
                 ),
                 Variant(
                     "squidmesh",
@@ -256,12 +369,11 @@ def operations() -> list[OpBench]:
                     lambda e: lambda uid: e.store.transition_run(uid, running),
                 ),
                 Variant(
-                    "same SQL (CTE), raw",
+                    SAME_SQL,
                     "extra",
-                    lambda e: (
-                        lambda uid: e.pool.fetchrow(
-                            Q["transition_run"], uid, "running", *NO_FIELDS, SOURCES_RUNNING, None
-                        )
+                    _same_sql(
+                        SQL.transition_run_fast,
+                        lambda uid: (uid, "running", *NO_FIELDS, SOURCES_RUNNING, None),
                     ),
                 ),
                 Variant(
@@ -282,9 +394,9 @@ def operations() -> list[OpBench]:
             cycling(512),
             [
                 Variant(
-                    "baseline: UPDATE ... RETURNING *",
+                    "baseline: UPDATE ... RETURNING",
                     "baseline",
-                    lambda e: lambda uid: e.pool.fetchrow(SQL_UPDATE, uid, _context_text()),
+                    _raw_update,
                 ),
                 Variant(
                     "squidmesh",
@@ -292,20 +404,11 @@ def operations() -> list[OpBench]:
                     lambda e: lambda uid: e.store.update_run(uid, context=CONTEXT),
                 ),
                 Variant(
-                    "same SQL, raw",
+                    SAME_SQL,
                     "extra",
-                    lambda e: (
-                        lambda uid: e.pool.fetchval(
-                            Q["update_run"],
-                            uid,
-                            True,
-                            _context_text(),
-                            False,
-                            None,
-                            False,
-                            None,
-                            None,
-                        )
+                    _same_sql(
+                        SQL.update_run,
+                        lambda uid: (uid, True, _context_text(), False, None, False, None, None),
                     ),
                 ),
             ],
@@ -314,28 +417,16 @@ def operations() -> list[OpBench]:
             "cancel_run",
             pending_runs,
             [
-                Variant(
-                    "baseline: guarded UPDATE",
-                    "baseline",
-                    lambda e: lambda uid: e.pool.fetchrow(SQL_CANCEL, uid),
-                ),
+                Variant("baseline: guarded UPDATE", "baseline", _raw(SQL_CANCEL)),
                 Variant("squidmesh", "squidmesh", lambda e: lambda uid: e.store.cancel_run(uid)),
-                Variant(
-                    "same SQL (CTE), raw",
-                    "extra",
-                    lambda e: lambda uid: e.pool.fetchrow(Q["cancel_run"], uid, "{}", None),
-                ),
+                Variant(SAME_SQL, "extra", _same_sql(SQL.cancel_run_fast, lambda uid: (uid, None))),
             ],
         ),
         OpBench(
             "list_runs",
             nothing,
             [
-                Variant(
-                    "baseline: SELECT * ... LIMIT 50",
-                    "baseline",
-                    lambda e: lambda _: e.pool.fetch(SQL_LIST, LIST_WORKFLOW, "running"),
-                ),
+                Variant("baseline: SELECT ... LIMIT 50", "baseline", _list_baseline),
                 Variant(
                     "squidmesh",
                     "squidmesh",
@@ -346,12 +437,12 @@ def operations() -> list[OpBench]:
                     ),
                 ),
                 Variant(
-                    "same SQL, raw",
+                    SAME_SQL,
                     "extra",
-                    lambda e: (
-                        lambda _: e.pool.fetchval(
-                            Q["list_runs_by_workflow_status"], 50, LIST_WORKFLOW, "running"
-                        )
+                    _same_sql(
+                        SQL.list_runs_by_workflow_status,
+                        lambda _: ("running", None, None, None, 50, LIST_WORKFLOW),
+                        many=True,
                     ),
                 ),
             ],

@@ -8,7 +8,9 @@ one another hold instead of waiting, and never get the same run.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
+from uuid import UUID
 
 import asyncpg
 
@@ -56,15 +58,18 @@ class ClaimOps:
                 self._pool, SQL.claim_runs_by_workflow, size, name, *writes
             )
         # An UPDATE returns its rows in no set order; sorting at most
-        # MAX_CLAIM keys here keeps a Sort node out of the statement's plan.
+        # MAX_CLAIM runs here keeps a Sort node out of the statement's plan.
         # Python orders UUIDs as PostgreSQL does (by their 128-bit value).
-        rows.sort(key=lambda row: (row["key_at"], row["key_id"]))
-        runs = [_codec.decode_run(row["run"]) for row in rows]
+        runs = sorted(_codec.decode_runs(rows), key=_claim_order)
         events: list[object] = [
             RunTransitioned(run=run, from_status=RunStatus.PENDING, to_status=RunStatus.RUNNING)
             for run in runs
         ]
         return runs, events
+
+
+def _claim_order(run: Run) -> tuple[datetime, UUID]:
+    return run.inserted_at, run.id
 
 
 def _check_workflow(value: object) -> str | None:

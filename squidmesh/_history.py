@@ -1,9 +1,10 @@
 """The history read behind ``get_run(run_id, include_history=True)``.
 
-One statement returns the run, its step runs (each with its attempts), what
-each step run recorded (its kind, a human decision) and the run's status
-changes from the transition log; the declared-step view and the audit events
-are derived from it here, in Python.
+One statement returns the run, its step runs' attempts, its step runs (with
+what each recorded: its kind, a human decision) and the run's status changes
+from the transition log, as plain rows (see ``run_history`` in
+sql/queries/history.sql); the StepRuns, the declared-step view and the audit
+events are built from them here, in Python.
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from asyncpg.pgproto.pgproto import UUID as _Id
 
-from . import _queries
+from . import _codec, _queries
 from ._queries import SQL
 from ._registry import Registry
-from ._types import JSONMap, Run, RunAuditEvent, RunChange, RunStepState, StepRun
+from ._types import (
+    JSONMap,
+    Run,
+    RunAuditEvent,
+    RunChange,
+    RunStatus,
+    RunStepState,
+    StepAttempt,
+    StepRun,
+)
 from ._workflow import MANUAL_STEP_KINDS, Workflow
 
 
@@ -32,20 +43,15 @@ class _Manual(msgspec.Struct, frozen=True):
     metadata: JSONMap | None = None
 
 
-class _StoredStepRun(msgspec.Struct, frozen=True):
-    step_run: StepRun
-    kind: str = "step"
-    manual: _Manual | None = None
+# A step run with what it recorded: its kind and a human decision.
+_StoredStepRun = tuple[StepRun, str, _Manual | None]
 
 
-class _History(msgspec.Struct, frozen=True):
-    run: Run
-    step_runs: list[_StoredStepRun]
-    # Oldest first, each with position "" (not a place in the change feed).
-    transitions: list[RunChange]
-
-
-_history_decoder: Final = msgspec.json.Decoder(_History)
+_manual_decoder: Final = msgspec.json.Decoder(_Manual)
+# The parts of run_history's rows (its last column).
+_RUN: Final = 0
+_ATTEMPT: Final = 1
+_STEP_RUN: Final = 2
 
 
 class HistoryOps:
@@ -62,21 +68,87 @@ class HistoryOps:
         it does not exist.
 
         One round trip (one statement, no transaction): the run, its step runs
-        and their attempts, and its transitions arrive as one JSON text from a
-        single snapshot.
+        and their attempts, and its transitions, from a single snapshot.
         """
-        text = await _queries.value(self._pool, SQL.run_history, run_id)
-        if text is None:
+        rows = await _queries.rows(self._pool, SQL.run_history, run_id)
+        if not rows or rows[0]["part"] != _RUN:
             return None
-        history = _history_decoder.decode(text)
-        definition = self._registry.definition(history.run.workflow)
-        step_runs = [item.step_run for item in history.step_runs]
+        run = _codec.decode_run(rows[0])
+        body = rows[1:]
+        # Every row after the run has both timestamps: converted in one call.
+        stamps = iter(_codec.decode_times([t for row in body for t in (row[11], row[12])]))
+        decode_map = _codec.decode_map
+        attempts: dict[bytes, list[StepAttempt]] = {}
+        stored: list[_StoredStepRun] = []
+        transitions: list[RunChange] = []
+        # Rows by part: the attempts (by attempt_number) come before their
+        # step runs, the step runs are in (inserted_at, id) order. The column
+        # names are the run's (see run_history for what each holds per part).
+        for (
+            key,
+            name,
+            kind,
+            status,
+            data,
+            output,
+            manual,
+            error,
+            step_run_key,
+            number,
+            _,
+            _,
+            _,
+            part,
+        ), inserted_at, updated_at in zip(body, stamps, stamps, strict=True):
+            if part == _ATTEMPT:
+                attempt = StepAttempt(
+                    id=_Id(key),
+                    attempt_number=number,
+                    status=status,
+                    error=None if error is None else decode_map(error),
+                    inserted_at=inserted_at,
+                    updated_at=updated_at,
+                )
+                of_step = attempts.get(step_run_key)
+                if of_step is None:
+                    attempts[step_run_key] = [attempt]
+                else:
+                    of_step.append(attempt)
+            elif part == _STEP_RUN:
+                step_run = StepRun(
+                    id=_Id(key),
+                    step=name,
+                    status=status,
+                    input=decode_map(data),
+                    output=None if output is None else decode_map(output),
+                    last_error=None if error is None else decode_map(error),
+                    attempts=attempts.get(key, []),
+                    inserted_at=inserted_at,
+                    updated_at=updated_at,
+                )
+                stored.append(
+                    (step_run, kind, None if manual is None else _manual_decoder.decode(manual))
+                )
+            else:
+                transitions.append(
+                    RunChange(
+                        position="",
+                        run_id=run.id,
+                        workflow=name,
+                        run_version=number,
+                        from_status=None if kind is None else RunStatus(kind),
+                        to_status=RunStatus(status),
+                        at=inserted_at,
+                    )
+                )
+        definition = self._registry.definition(run.workflow)
+        step_runs = [item[0] for item in stored]
         return msgspec.structs.replace(
-            history.run,
+            run,
             step_runs=step_runs,
             steps=_declared_steps(definition, step_runs),
-            audit_events=_audit_events(definition, history.step_runs),
-            transitions=history.transitions,
+            audit_events=_audit_events(definition, stored),
+            transitions=transitions,
         )
 
 
@@ -116,19 +188,17 @@ def _declared_steps(definition: Workflow | None, step_runs: list[StepRun]) -> li
 def _audit_events(definition: Workflow | None, stored: list[_StoredStepRun]) -> list[RunAuditEvent]:
     """``paused`` when each manual step started, then its recorded decision."""
     events: list[RunAuditEvent] = []
-    for item in stored:
-        step_run = item.step_run
+    for step_run, kind, decision in stored:
         declared = definition.step(step_run.step) if definition is not None else None
         manual = (
-            item.kind in MANUAL_STEP_KINDS
+            kind in MANUAL_STEP_KINDS
             or (declared is not None and declared.is_manual)
-            or item.manual is not None
+            or decision is not None
         )
         # A scheduled manual step has not started, so it has not paused yet.
-        if not manual or (step_run.status == "pending" and item.manual is None):
+        if not manual or (step_run.status == "pending" and decision is None):
             continue
         events.append(RunAuditEvent(type="paused", step=step_run.step, at=step_run.inserted_at))
-        decision = item.manual
         if decision is not None:
             events.append(
                 RunAuditEvent(

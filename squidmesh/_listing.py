@@ -144,7 +144,8 @@ class ListingOps:
                 "limit", f"must be an int from 1 to {MAX_PAGE_SIZE}, not {limit!r}"
             )
         filters = _filters(workflow, status, trigger, created_after, created_before, replayed_from)
-        after = None if cursor is None else _decode_cursor(cursor, filters)
+        digest = filters.digest()
+        after = None if cursor is None else _decode_cursor(cursor, digest)
         if filters.empty:
             return RunPage(runs=[])
         # One run more than the page: whether it comes back says whether
@@ -153,7 +154,7 @@ class ListingOps:
         if len(runs) <= limit:
             return RunPage(runs=runs)
         del runs[limit:]
-        return RunPage(runs=runs, next_cursor=_encode_cursor(runs[-1], filters))
+        return RunPage(runs=runs, next_cursor=_encode_cursor(runs[-1], digest))
 
     async def find(
         self,
@@ -216,25 +217,16 @@ class ListingOps:
             limit,
         )
         query: LiteralString
-        if (
-            bound is None
-            and len(f.statuses) == 1
-            and f.trigger is None
-            and f.replayed_from is None
-            and f.created_after is None
-        ):
-            # The common shape (one status, maybe a workflow, first page) is one
-            # ordered range of one index: read the runs straight from it, with
-            # no merge of ranges and no second lookup by id.
+        if len(f.statuses) == 1 and f.trigger is None and f.replayed_from is None:
+            # One status (maybe a workflow, any bounds) is one ordered range of
+            # one index: read the runs straight from it, with no merge of
+            # ranges and no second lookup by id.
             (status,) = f.statuses
             if f.workflow is None:
-                found = await _queries.rows(self._pool, SQL.list_runs_by_status, limit, status)
+                query, args = SQL.list_runs_by_status, (status, *args[1:])
             else:
-                found = await _queries.rows(
-                    self._pool, SQL.list_runs_by_workflow_status, limit, f.workflow, status
-                )
-            return [_codec.decode_run(row[0]) for row in found]
-        if f.replayed_from is not None:
+                query, args = SQL.list_runs_by_workflow_status, (status, *args[1:], f.workflow)
+        elif f.replayed_from is not None:
             # The replays of one run are few: one index fixes them, the rest filters.
             query = SQL.select_runs_by_replayed_from
             args = (*args, f.replayed_from, f.workflow, f.trigger)
@@ -246,9 +238,7 @@ class ListingOps:
             query, args = SQL.select_runs_by_trigger, (*args, f.trigger)
         else:
             query = SQL.select_runs
-        found = await _queries.rows(self._pool, query, *args)
-        decode = _codec.decode_run
-        return [decode(row[0]) for row in found]
+        return _codec.decode_runs(await _queries.rows(self._pool, query, *args))
 
     async def _count(self, f: _Filters) -> list[tuple[str, int]]:
         args: tuple[object, ...] = (list(f.statuses), f.created_after, f.created_before)
@@ -340,16 +330,17 @@ def _tag(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=_TAG_BYTES, key=_CURSOR_KEY).digest()
 
 
-def _encode_cursor(last: Run, filters: _Filters) -> str:
+def _encode_cursor(last: Run, digest: bytes) -> str:
+    """A cursor after ``last`` for the filters whose ``_Filters.digest()`` is ``digest``."""
     payload = _cursor_encoder.encode(
-        _Cursor(_CURSOR_VERSION, _micros(last.inserted_at), last.id.bytes, filters.digest())
+        _Cursor(_CURSOR_VERSION, _micros(last.inserted_at), last.id.bytes, digest)
     )
     return base64.urlsafe_b64encode(payload + _tag(payload)).rstrip(b"=").decode("ascii")
 
 
-def _decode_cursor(cursor: object, filters: _Filters) -> _Bound:
+def _decode_cursor(cursor: object, digest: bytes) -> _Bound:
     """The position a cursor continues from; ``InvalidCursor`` unless squidmesh
-    made it, in this format, for these filters."""
+    made it, in this format, for the filters whose digest is ``digest``."""
     if not isinstance(cursor, str) or not 0 < len(cursor) <= _MAX_CURSOR_CHARS:
         raise InvalidCursor(cursor)
     try:
@@ -365,11 +356,9 @@ def _decode_cursor(cursor: object, filters: _Filters) -> _Bound:
     try:
         decoded = _cursor_decoder.decode(payload)
         at = _EPOCH + timedelta(microseconds=decoded.inserted_at)
-        run_id = UUID(bytes=decoded.id)
+        run_id = _codec.decode_id(decoded.id)
     except (msgspec.DecodeError, OverflowError, ValueError):
         raise InvalidCursor(cursor) from None
-    if decoded.version != _CURSOR_VERSION or not hmac.compare_digest(
-        decoded.filters, filters.digest()
-    ):
+    if decoded.version != _CURSOR_VERSION or not hmac.compare_digest(decoded.filters, digest):
         raise InvalidCursor(cursor)
     return _Bound(at, run_id)

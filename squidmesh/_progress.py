@@ -101,10 +101,10 @@ class ProgressOps:
         other than ``expected`` fails before any caller code runs."""
         uid = run_uuid(run_id)
         async with _queries.transaction(self._pool) as conn:
-            text = await _queries.value(conn, SQL.lock_run, uid)
-            if text is None:
+            row = await _queries.row(conn, SQL.lock_run, uid)
+            if row is None:
                 raise RunNotFound(run_id)
-            run = _codec.decode_run(text)
+            run = _codec.decode_run(row)
             if expected is not None and run.version != expected:
                 raise VersionConflict(run_id, expected, run.version)
             yield conn, run

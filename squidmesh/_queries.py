@@ -58,8 +58,6 @@ class Queries:
     insert_run: LiteralString
     get_run: LiteralString
     lock_run: LiteralString
-    list_runs_by_status: LiteralString
-    list_runs_by_workflow_status: LiteralString
     insert_replay: LiteralString
     transition_run: LiteralString
     transition_run_fast: LiteralString
@@ -93,6 +91,8 @@ class Queries:
     transition_stale_runs_waiting: LiteralString
     lock_and_prune_feed_ticks: LiteralString
     # listing.sql
+    list_runs_by_status: LiteralString
+    list_runs_by_workflow_status: LiteralString
     select_runs: LiteralString
     select_runs_by_workflow: LiteralString
     select_runs_by_trigger: LiteralString

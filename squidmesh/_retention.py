@@ -245,7 +245,7 @@ class RetentionOps:
             to.value,
             *writes,
         ):
-            runs = [_codec.decode_run(row["run"]) for row in rows]
+            runs = _codec.decode_runs(rows)
             events: list[object] = [
                 RunTransitioned(run=run, from_status=from_status, to_status=to) for run in runs
             ]

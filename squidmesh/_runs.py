@@ -72,16 +72,17 @@ class RunOps:
         trig = wf.trigger(trigger)
         text = _codec.encode(build_payload(trig, payload))
         if idempotency_key is None:
-            row_text = await _queries.write_value(
+            inserted = await _queries.write_row(
                 ex, SQL.insert_run, uuid7(), wf.name, trig.name, text, wf.entry_step, None
             )
-            return _codec.decode_run(row_text), True
+            assert inserted is not None  # an INSERT ... VALUES returns its row
+            return _codec.decode_run(inserted), True
         key = check_idempotency_key(idempotency_key)
         fingerprint = _fingerprint(trig.name, payload)
         # A run holding the key may be deleted between the two statements
         # (prune_runs): then the INSERT wins on the next turn.
         for _ in range(3):
-            row_text = await _queries.write_value(
+            inserted = await _queries.write_row(
                 ex,
                 SQL.insert_run_keyed,
                 uuid7(),
@@ -92,13 +93,12 @@ class RunOps:
                 key,
                 fingerprint,
             )
-            if row_text is not None:
-                return _codec.decode_run(row_text), True
+            if inserted is not None:
+                return _codec.decode_run(inserted), True
             found = await _queries.row(ex, SQL.get_run_by_key, wf.name, key)
             if found is not None:
-                existing, stored_fingerprint = found
-                run = _codec.decode_run(existing)
-                if stored_fingerprint != fingerprint:
+                run = _codec.decode_run(found)
+                if found["idempotency_fingerprint"] != fingerprint:
                     raise IdempotencyConflict(wf.name, key, run.id)
                 return run, False
         raise RuntimeError(  # pragma: no cover - needs a delete racing every turn
@@ -114,18 +114,17 @@ class RunOps:
         )
         if row is None:
             raise RunNotFound(run_id)
-        workflow, text = row
-        if text is None:
-            raise InvalidWorkflow(workflow)
-        return _codec.decode_run(text)
+        if row[0] is None:
+            raise InvalidWorkflow(row["source_workflow"])
+        return _codec.decode_run(row)
 
     # -- reads --------------------------------------------------------------
 
     async def get(self, run_id: object) -> Run:
-        text = await _queries.value(self._pool, SQL.get_run, run_uuid(run_id))
-        if text is None:
+        row = await _queries.row(self._pool, SQL.get_run, run_uuid(run_id))
+        if row is None:
             raise RunNotFound(run_id)
-        return _codec.decode_run(text)
+        return _codec.decode_run(row)
 
     # -- state changes ------------------------------------------------------
 
@@ -146,39 +145,41 @@ class RunOps:
                 )
         if row is None:
             raise RunNotFound(run_id)
-        from_status, version, text = row
-        if text is None:
-            _check_version(run_id, expected, version)
+        from_status = row["from_status"]
+        if row[0] is None:
+            _check_version(run_id, expected, row["from_version"])
             raise InvalidTransition(from_status, to)
-        run = _codec.decode_run(text)
+        run = _codec.decode_run(row)
         return run, RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=to)
 
     async def update(self, run_id: object, writes: FieldWrites, expected: int | None) -> Run:
         uid = run_uuid(run_id)
-        text = await _queries.write_value(self._pool, SQL.update_run, uid, *writes, expected)
-        if text is None:
+        row = await _queries.write_row(self._pool, SQL.update_run, uid, *writes, expected)
+        if row is None:
             if expected is not None:
                 version = await _queries.value(self._pool, SQL.run_version, uid)
                 if version is not None:
                     _check_version(run_id, expected, version)
             raise RunNotFound(run_id)
-        return _codec.decode_run(text)
+        return _codec.decode_run(row)
 
     async def cancel(self, run_id: object, expected: int | None) -> tuple[Run, list[object]]:
         uid = run_uuid(run_id)
-        failed_step = attempt_number = duration_s = None
         async with _queries.connection(self._pool) as conn:
-            row = None
             if self._server.fast_paths(conn):
                 row = await _queries.write_row(conn, SQL.cancel_run_fast, uid, expected)
-            if row is None:
-                row = await _queries.write_row(
-                    conn, SQL.cancel_run, uid, CANCELLED_WHILE_PAUSED_TEXT, expected
-                )
-                if row is None:
-                    raise RunNotFound(run_id)
-                failed_step, attempt_number, duration_s = row[3:]
-        from_status, version, text = row[0], row[1], row[2]
+                if row is not None:
+                    run = _codec.decode_run(row)
+                    return run, cancel_events(run, row["from_status"], None, None, None)
+            # cancel_run_v2 decides every case (a paused run, a refused one,
+            # an unknown id; every cancel before PostgreSQL 18) and returns
+            # the run in the JSON shape of squidmesh.run_json.
+            row = await _queries.write_row(
+                conn, SQL.cancel_run, uid, CANCELLED_WHILE_PAUSED_TEXT, expected
+            )
+        if row is None:
+            raise RunNotFound(run_id)
+        from_status, version, text, failed_step, attempt_number, duration_s = row
         if text is None:
             _check_version(run_id, expected, version)
             raise InvalidTransition(from_status, RunStatus.CANCELLING)
@@ -190,10 +191,10 @@ class RunOps:
     @staticmethod
     async def write(conn: Conn, run_id: UUID, status: str | None, writes: FieldWrites) -> Run:
         """Write status (None = unchanged) and fields of a row ``conn`` has locked."""
-        text = await _queries.write_value(conn, SQL.write_run, run_id, status, *writes)
-        if text is None:  # the caller holds the lock, so the row cannot vanish
+        row = await _queries.write_row(conn, SQL.write_run, run_id, status, *writes)
+        if row is None:  # the caller holds the lock, so the row cannot vanish
             raise RunNotFound(run_id)
-        return _codec.decode_run(text)
+        return _codec.decode_run(row)
 
 
 def check_idempotency_key(value: object) -> str:

@@ -225,10 +225,10 @@ class StepOps:
         from_status = RunStatus(row["from_status"])
         branch = row["branch"]
         if branch == "conflict" and expected is not None:
-            raise VersionConflict(run_id, expected, row["version"])
+            raise VersionConflict(run_id, expected, row["from_version"])
         if branch == "illegal":
             raise InvalidTransition(from_status, RunStatus.PAUSED)
-        run = _codec.decode_run(row["run"])
+        run = _codec.decode_run(row)
         if branch == "pause":
             moved = RunTransitioned(run=run, from_status=from_status, to_status=run.status)
             return PauseResult(run=run, from_status=from_status, to_status=run.status), [moved]

@@ -356,8 +356,8 @@ class Watcher:
         ids.update(run_id for run_id in changed if run_id in self._waiters)
         if not ids:
             return
-        texts = await q.rows(self._pool, SQL.get_runs_by_ids, [str(i) for i in ids])
-        found = {run.id: run for run in (_codec.decode_run(r[0]) for r in texts)}
+        rows = await q.rows(self._pool, SQL.get_runs_by_ids, [str(i) for i in ids])
+        found = {run.id: run for run in _codec.decode_runs(rows)}
         for run in found.values():
             self._offer(run)
         for waiter in unchecked:

@@ -1,6 +1,6 @@
 -- Named queries of claim_runs (squidmesh/_claims.py). The conventions of
 -- runs.sql hold here too: every name schema-qualified, JSON in as
--- $n::text::jsonb, runs out as squidmesh.run_json(r)::text.
+-- $n::text::jsonb, runs out as the run's columns (see runs.sql).
 --
 -- A claim is one statement: pick up to $1 pending runs, oldest first, FOR
 -- UPDATE SKIP LOCKED, and move them to running with the field writes. Two
@@ -40,8 +40,8 @@
 --     The partial index would serve it too, but reads and drops the pending
 --     runs of every other workflow.
 -- Neither plan sorts. The rows of the UPDATE come back in no particular
--- order: _claims.py sorts the (at most 1000) claimed runs by their key
--- (key_at, key_id), rather than a Sort node here.
+-- order: _claims.py sorts the (at most 1000) claimed runs by (inserted_at,
+-- id), rather than a Sort node here.
 --
 -- The UPDATE finds its rows through "id = ANY (array of the picked ids)",
 -- an index condition on runs_pkey whatever the planner estimates for the
@@ -50,7 +50,7 @@
 
 -- name: claim_runs
 -- $1 limit (1 to 1000, checked by the caller), $2..$7 field writes as in
--- write_run. One row per claimed run: its key and the run as written.
+-- write_run. One row per claimed run: the run as written.
 WITH picked AS MATERIALIZED (
     SELECT r.id FROM squidmesh.runs r
     WHERE r.status OPERATOR(pg_catalog.=) 'pending'
@@ -66,8 +66,13 @@ UPDATE squidmesh.runs r SET
                       ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) ANY (
         (SELECT pg_catalog.array_agg(p.id) FROM picked p)::pg_catalog.uuid[])
-RETURNING r.inserted_at AS key_at, r.id AS key_id,
-          squidmesh.run_json(r)::pg_catalog.text AS run;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at;
 
 -- name: claim_runs_by_workflow
 -- claim_runs for one workflow: $1 limit, $2 workflow, $3..$8 field writes.
@@ -87,5 +92,10 @@ UPDATE squidmesh.runs r SET
                       ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) ANY (
         (SELECT pg_catalog.array_agg(p.id) FROM picked p)::pg_catalog.uuid[])
-RETURNING r.inserted_at AS key_at, r.id AS key_id,
-          squidmesh.run_json(r)::pg_catalog.text AS run;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at;

@@ -31,5 +31,12 @@ SELECT COALESCE(pg_catalog.max(t.id), 0) FROM squidmesh.feed_ticks t;
 -- watcher wakes: one statement for any number of them. The ids go in as
 -- text[]: asyncpg knows that array type, while for uuid[] it would look the
 -- type up with a query of its own on every new connection.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+FROM squidmesh.runs r
 WHERE r.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]::pg_catalog.uuid[]);

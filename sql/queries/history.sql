@@ -1,48 +1,59 @@
 -- The history read behind get_run(run_id, include_history=True).
 
 -- name: run_history
--- One round trip, however many step runs and attempts the run has: the run,
--- then its step runs (inserted_at, id: step_runs_run_id_step_key finds them
--- by run) each with its attempts (attempt_number:
--- step_attempts_step_run_id_number_key), plus each step run's stored kind
--- and recorded manual decision, the sources of the audit events; then the
--- run's status changes from the transition log, by run_version
--- (run_transitions_pkey serves them in order). Built as one JSON text that
--- msgspec decodes in one pass; the declared-step view and the audit events
--- are derived from it in Python. Timestamps go through
--- squidmesh.utc_iso so the session's TimeZone never matters. Names are
--- schema-qualified (see runs.sql).
--- No row = no such run.
-SELECT pg_catalog.json_build_object(
-    'run', squidmesh.run_json(r),
-    'step_runs', coalesce((
-        SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
-            'kind', s.kind,
-            'manual', s.manual,
-            -- The shape of squidmesh.step_run_json(s), written out: that
-            -- function holds a sub-select, so PostgreSQL cannot inline it,
-            -- and calling it per step run makes this read a third slower.
-            'step_run', pg_catalog.json_build_object(
-                'id', s.id, 'step', s.step, 'status', s.status, 'input', s.input,
-                'output', s.output, 'last_error', s.last_error,
-                'attempts', coalesce((
-                    SELECT pg_catalog.json_agg(squidmesh.attempt_json(a)
-                                               ORDER BY a.attempt_number)
-                    FROM squidmesh.step_attempts a
-                    WHERE a.step_run_id OPERATOR(pg_catalog.=) s.id), '[]'),
-                'inserted_at', squidmesh.utc_iso(s.inserted_at),
-                'updated_at', squidmesh.utc_iso(s.updated_at)))
-            ORDER BY s.inserted_at, s.id)
-        FROM squidmesh.step_runs s WHERE s.run_id OPERATOR(pg_catalog.=) r.id), '[]'),
-    -- squidmesh.RunChange's shape; position '' (a history entry is not a
-    -- place in the change feed).
-    'transitions', coalesce((
-        SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
-            'position', '', 'run_id', l.run_id, 'workflow', l.workflow,
-            'run_version', l.run_version, 'from_status', l.from_status,
-            'to_status', l.to_status, 'at', squidmesh.utc_iso(l.at))
-            ORDER BY l.run_version)
-        FROM squidmesh.run_transitions l WHERE l.run_id OPERATOR(pg_catalog.=) r.id), '[]')
-)::pg_catalog.text
+-- One round trip, however many step runs and attempts the run has: one
+-- statement (one snapshot) whose rows are plain columns, as three plain
+-- SELECTs would return them, with nothing built per row on the server. Every
+-- row has the thirteen columns of a run (see runs.sql) and then "part", which
+-- says what the row is:
+--   0  the run;
+--   1  an attempt: id, status, last_error = its error, replayed_from_run_id
+--      = its step run's id, version = its attempt_number, inserted_at,
+--      updated_at (step_attempts_step_run_id_number_key finds them);
+--   2  a step run: id, workflow = its step, trigger = its kind, status,
+--      payload = its input, context = its output, current_step = its
+--      recorded manual decision, last_error, inserted_at, updated_at
+--      (step_runs_run_id_step_key finds them by run);
+--   3  a status change from the transition log: workflow, trigger = its
+--      from_status, status = its to_status, version = its run_version,
+--      inserted_at and updated_at = its at (run_transitions_pkey finds them).
+-- The other columns are NULL; the types are those of the run's columns (ids
+-- as uuid_send bytea, jsonb as text, timestamps as float8 seconds since
+-- 1970 UTC, so neither a pool's codecs nor the session's TimeZone matter).
+-- In part order (the run, then the attempts, so that they are at hand for
+-- their step runs); attempts by attempt_number, step runs by (inserted_at,
+-- id), changes by run_version. squidmesh/_history.py builds the Run, its
+-- StepRuns with their attempts, the declared-step view and the audit events.
+-- No part-0 row = no such run. Names are schema-qualified (see runs.sql).
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+       0 AS part
 FROM squidmesh.runs r
-WHERE r.id OPERATOR(pg_catalog.=) $1;
+WHERE r.id OPERATOR(pg_catalog.=) $1
+UNION ALL
+SELECT pg_catalog.uuid_send(a.id), NULL, NULL, a.status, NULL, NULL, NULL,
+       a.error::pg_catalog.text, pg_catalog.uuid_send(a.step_run_id), a.attempt_number,
+       NULL, pg_catalog.date_part('epoch', a.inserted_at),
+       pg_catalog.date_part('epoch', a.updated_at), 1
+FROM squidmesh.step_runs s
+JOIN squidmesh.step_attempts a ON a.step_run_id OPERATOR(pg_catalog.=) s.id
+WHERE s.run_id OPERATOR(pg_catalog.=) $1
+UNION ALL
+SELECT pg_catalog.uuid_send(s.id), s.step, s.kind, s.status, s.input::pg_catalog.text,
+       s.output::pg_catalog.text, s.manual::pg_catalog.text, s.last_error::pg_catalog.text,
+       NULL, NULL, NULL, pg_catalog.date_part('epoch', s.inserted_at),
+       pg_catalog.date_part('epoch', s.updated_at), 2
+FROM squidmesh.step_runs s
+WHERE s.run_id OPERATOR(pg_catalog.=) $1
+UNION ALL
+SELECT NULL, l.workflow, l.from_status, l.to_status, NULL, NULL, NULL, NULL, NULL,
+       l.run_version, NULL, pg_catalog.date_part('epoch', l.at),
+       pg_catalog.date_part('epoch', l.at), 3
+FROM squidmesh.run_transitions l
+WHERE l.run_id OPERATOR(pg_catalog.=) $1
+ORDER BY part, version, inserted_at, id;

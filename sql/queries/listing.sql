@@ -1,7 +1,7 @@
 -- Named queries of page_runs, list_runs, count_runs and count_runs_by_status
 -- (squidmesh/_listing.py). The conventions of runs.sql hold: every function,
 -- operator and type schema-qualified, runs out one row each as
--- squidmesh.run_json(r)::text.
+-- the run's columns (see runs.sql).
 --
 -- One fixed text per filter shape (which of workflow and trigger are given;
 -- the replays of a run apart), not one text with "$n IS NULL OR col = $n":
@@ -24,6 +24,20 @@
 -- The absent bounds become -infinity / infinity in SQL, so the range is
 -- always an index condition and never an "IS NULL OR".
 --
+-- Where a shape's plan does not depend on the values (every shape but
+-- workflow + trigger, which picks the more selective of two indexes, and the
+-- replays of a run), each value goes in as a scalar subquery, (SELECT $n): an
+-- InitPlan, a value known only when the statement runs, in the first five
+-- executions too. Their custom plans are then the generic plan, at its cost,
+-- and PostgreSQL keeps that plan instead of planning every execution again:
+-- with a bare LIMIT $5, the generic plan prices the limit at 10 % of the
+-- rows and costs more than custom plans that know it is 50, so each call was
+-- planned anew (50 to 70 us for a one-status list, more for a merge; a
+-- hand-written query with LIMIT 50 does not pay that). Reading the five
+-- values costs about a microsecond. test_queries.py checks that the
+-- prepared statements settle on their generic plan, test_listing_plans.py
+-- that it reads the right index ranges.
+--
 -- Keyset paging: a page continues strictly after the last run of the one
 -- before, (inserted_at, id) < (last.inserted_at, last.id). A run keeps its
 -- inserted_at, so a run that existed when the walk began is on exactly one
@@ -39,73 +53,134 @@
 -- (inserted_at) order to choose, a generic plan walked it and dropped the
 -- other statuses (see sql/migrations/0004_listing_indexes.sql).
 
+-- One status, and no trigger or source run: a single ordered range of one
+-- index, read straight from it (no merge, no second lookup by id). $1 is
+-- that status (text, not text[]); the other parameters are those above.
+
+-- name: list_runs_by_status
+-- No equality filter: runs_status_inserted_idx.
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+FROM squidmesh.runs r
+WHERE r.status OPERATOR(pg_catalog.=) (SELECT $1::pg_catalog.text)
+  AND (r.inserted_at, r.id) OPERATOR(pg_catalog.<)
+      ROW(COALESCE((SELECT $2::pg_catalog.timestamptz), 'infinity'),
+       COALESCE((SELECT $3::pg_catalog.uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+  AND r.inserted_at OPERATOR(pg_catalog.>=)
+      COALESCE((SELECT $4::pg_catalog.timestamptz), '-infinity')
+ORDER BY r.inserted_at DESC, r.id DESC
+LIMIT (SELECT $5::pg_catalog.int8);
+
+-- name: list_runs_by_workflow_status
+-- $6 workflow: runs_workflow_status_inserted_idx.
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+FROM squidmesh.runs r
+WHERE r.workflow OPERATOR(pg_catalog.=) (SELECT $6::pg_catalog.text)
+  AND r.status OPERATOR(pg_catalog.=) (SELECT $1::pg_catalog.text)
+  AND (r.inserted_at, r.id) OPERATOR(pg_catalog.<)
+      ROW(COALESCE((SELECT $2::pg_catalog.timestamptz), 'infinity'),
+       COALESCE((SELECT $3::pg_catalog.uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+  AND r.inserted_at OPERATOR(pg_catalog.>=)
+      COALESCE((SELECT $4::pg_catalog.timestamptz), '-infinity')
+ORDER BY r.inserted_at DESC, r.id DESC
+LIMIT (SELECT $5::pg_catalog.int8);
+
 -- name: select_runs
 -- No equality filter: runs_status_inserted_idx, one range per status.
-SELECT squidmesh.run_json(r)::pg_catalog.text
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 FROM (
     SELECT k.inserted_at, k.id
-    FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s(status)
+    FROM pg_catalog.unnest((SELECT $1::pg_catalog.text[])) AS s(status)
     CROSS JOIN LATERAL (
         SELECT r.inserted_at, r.id FROM squidmesh.runs r
         WHERE r.status OPERATOR(pg_catalog.=) s.status
           AND (r.inserted_at, r.id) OPERATOR(pg_catalog.<)
-              ROW(COALESCE($2::pg_catalog.timestamptz, 'infinity'),
-               COALESCE($3::pg_catalog.uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              ROW(COALESCE((SELECT $2::pg_catalog.timestamptz), 'infinity'),
+               COALESCE((SELECT $3::pg_catalog.uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
           AND r.inserted_at OPERATOR(pg_catalog.>=)
-              COALESCE($4::pg_catalog.timestamptz, '-infinity')
+              COALESCE((SELECT $4::pg_catalog.timestamptz), '-infinity')
         ORDER BY r.inserted_at DESC, r.id DESC
-        LIMIT $5::pg_catalog.int8
+        LIMIT (SELECT $5::pg_catalog.int8)
     ) k
     ORDER BY k.inserted_at DESC, k.id DESC
-    LIMIT $5::pg_catalog.int8
+    LIMIT (SELECT $5::pg_catalog.int8)
 ) page
 JOIN squidmesh.runs r ON r.id OPERATOR(pg_catalog.=) page.id
 ORDER BY page.inserted_at DESC, page.id DESC;
 
 -- name: select_runs_by_workflow
 -- $6 workflow: runs_workflow_status_inserted_idx, one range per status.
-SELECT squidmesh.run_json(r)::pg_catalog.text
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 FROM (
     SELECT k.inserted_at, k.id
-    FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s(status)
+    FROM pg_catalog.unnest((SELECT $1::pg_catalog.text[])) AS s(status)
     CROSS JOIN LATERAL (
         SELECT r.inserted_at, r.id FROM squidmesh.runs r
-        WHERE r.workflow OPERATOR(pg_catalog.=) $6::pg_catalog.text
+        WHERE r.workflow OPERATOR(pg_catalog.=) (SELECT $6::pg_catalog.text)
           AND r.status OPERATOR(pg_catalog.=) s.status
           AND (r.inserted_at, r.id) OPERATOR(pg_catalog.<)
-              ROW(COALESCE($2::pg_catalog.timestamptz, 'infinity'),
-               COALESCE($3::pg_catalog.uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              ROW(COALESCE((SELECT $2::pg_catalog.timestamptz), 'infinity'),
+               COALESCE((SELECT $3::pg_catalog.uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
           AND r.inserted_at OPERATOR(pg_catalog.>=)
-              COALESCE($4::pg_catalog.timestamptz, '-infinity')
+              COALESCE((SELECT $4::pg_catalog.timestamptz), '-infinity')
         ORDER BY r.inserted_at DESC, r.id DESC
-        LIMIT $5::pg_catalog.int8
+        LIMIT (SELECT $5::pg_catalog.int8)
     ) k
     ORDER BY k.inserted_at DESC, k.id DESC
-    LIMIT $5::pg_catalog.int8
+    LIMIT (SELECT $5::pg_catalog.int8)
 ) page
 JOIN squidmesh.runs r ON r.id OPERATOR(pg_catalog.=) page.id
 ORDER BY page.inserted_at DESC, page.id DESC;
 
 -- name: select_runs_by_trigger
 -- $6 trigger: runs_trigger_status_inserted_idx, one range per status.
-SELECT squidmesh.run_json(r)::pg_catalog.text
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 FROM (
     SELECT k.inserted_at, k.id
-    FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s(status)
+    FROM pg_catalog.unnest((SELECT $1::pg_catalog.text[])) AS s(status)
     CROSS JOIN LATERAL (
         SELECT r.inserted_at, r.id FROM squidmesh.runs r
-        WHERE r.trigger OPERATOR(pg_catalog.=) $6::pg_catalog.text
+        WHERE r.trigger OPERATOR(pg_catalog.=) (SELECT $6::pg_catalog.text)
           AND r.status OPERATOR(pg_catalog.=) s.status
           AND (r.inserted_at, r.id) OPERATOR(pg_catalog.<)
-              ROW(COALESCE($2::pg_catalog.timestamptz, 'infinity'),
-               COALESCE($3::pg_catalog.uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              ROW(COALESCE((SELECT $2::pg_catalog.timestamptz), 'infinity'),
+               COALESCE((SELECT $3::pg_catalog.uuid), 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
           AND r.inserted_at OPERATOR(pg_catalog.>=)
-              COALESCE($4::pg_catalog.timestamptz, '-infinity')
+              COALESCE((SELECT $4::pg_catalog.timestamptz), '-infinity')
         ORDER BY r.inserted_at DESC, r.id DESC
-        LIMIT $5::pg_catalog.int8
+        LIMIT (SELECT $5::pg_catalog.int8)
     ) k
     ORDER BY k.inserted_at DESC, k.id DESC
-    LIMIT $5::pg_catalog.int8
+    LIMIT (SELECT $5::pg_catalog.int8)
 ) page
 JOIN squidmesh.runs r ON r.id OPERATOR(pg_catalog.=) page.id
 ORDER BY page.inserted_at DESC, page.id DESC;
@@ -116,7 +191,13 @@ ORDER BY page.inserted_at DESC, page.id DESC;
 -- read (the planner takes the more selective) and the other equality is
 -- checked on each run: runs of the workflow with other triggers (or of the
 -- trigger in other workflows) are read and skipped.
-SELECT squidmesh.run_json(r)::pg_catalog.text
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 FROM (
     SELECT k.inserted_at, k.id
     FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s(status)
@@ -146,7 +227,14 @@ ORDER BY page.inserted_at DESC, page.id DESC;
 -- workflow and trigger, so in practice only the statuses and the time range
 -- skip any. The equality on $6 fixes the index, so "$n IS NULL OR" is safe
 -- here.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+FROM squidmesh.runs r
 WHERE r.replayed_from_run_id OPERATOR(pg_catalog.=) $6::pg_catalog.uuid
   AND r.status OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
   AND (r.inserted_at, r.id) OPERATOR(pg_catalog.<)

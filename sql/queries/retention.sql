@@ -1,7 +1,8 @@
 -- Named queries of the bulk operations: prune_runs, cancel_runs,
 -- sweep_stale_runs and prune_feed (squidmesh/_retention.py). The conventions
 -- of runs.sql hold here too: every name schema-qualified, JSON in as
--- $n::text::jsonb, runs out as squidmesh.run_json(r)::text.
+-- $n::text::jsonb, runs out as the run's columns (see runs.sql; cancel_runs:
+-- as squidmesh.cancel_run_v2 returns them, the JSON of squidmesh.run_json).
 --
 -- Each bulk operation works in batches, one statement and one transaction
 -- per batch, so that no transaction holds more than $1 (the batch size) row
@@ -18,8 +19,8 @@
 --     before it deleted or moved, which stay until VACUUM, and a prune of N
 --     runs would cost O(N^2 / batch size). Candidates are picked FOR UPDATE
 --     SKIP LOCKED, so a batch never waits on a run someone else holds while
---     holding the locks of the runs it has already taken. Each row starts
---     with the run's key (key_at, key_id): the next cursor is the largest.
+--     holding the locks of the runs it has already taken. Each row holds
+--     the run's key (key_at, key_id): the next cursor is the largest.
 --   * <name>_waiting: every status asked for ($2), no cursor, FOR UPDATE
 --     (it waits), called with $1 = 1 once the first form is done: what is
 --     left was locked by others meanwhile (or, for cancel_runs, moved to a
@@ -243,8 +244,8 @@ WHERE c.run IS NOT NULL;
 -- One batch of sweep_stale_runs: $1 batch size, $2/$3 cursor (inserted_at,
 -- id), $4 from status, $5 cut-off, $6 workflow (NULL = all), $7 to status
 -- (a legal move from $4, checked by the caller and again by the runs_write
--- trigger), $8..$13 field writes as in write_run. One row per moved run: its
--- key and the run as written.
+-- trigger), $8..$13 field writes as in write_run. One row per moved run: the
+-- run as written, then its key.
 WITH picked AS MATERIALIZED (
     -- runs_status_inserted_idx backwards, from the cursor on.
     SELECT r.inserted_at, r.id FROM squidmesh.runs r
@@ -271,10 +272,19 @@ WITH picked AS MATERIALIZED (
             (SELECT pg_catalog.array_agg(p.id) FROM picked p)::pg_catalog.uuid[])
       AND r.status OPERATOR(pg_catalog.=) $4
       AND r.updated_at OPERATOR(pg_catalog.<) $5::pg_catalog.timestamptz
-    RETURNING r.id, squidmesh.run_json(r)::pg_catalog.text AS run
+    RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+              r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+              r.current_step, r.last_error::pg_catalog.text AS last_error,
+              pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+              r.version, r.idempotency_key,
+              pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+              pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+              r.id AS run_id
 )
-SELECT p.inserted_at AS key_at, p.id AS key_id, m.run
-FROM moved m JOIN picked p ON p.id OPERATOR(pg_catalog.=) m.id;
+SELECT m.id, m.workflow, m.trigger, m.status, m.payload, m.context, m.current_step,
+       m.last_error, m.replayed_from_run_id, m.version, m.idempotency_key, m.inserted_at,
+       m.updated_at, p.inserted_at AS key_at, p.id AS key_id
+FROM moved m JOIN picked p ON p.id OPERATOR(pg_catalog.=) m.run_id;
 
 -- name: transition_stale_runs_waiting
 -- The second form of transition_stale_runs (see the header): $1 batch size,
@@ -299,10 +309,19 @@ WITH picked AS MATERIALIZED (
             (SELECT pg_catalog.array_agg(p.id) FROM picked p)::pg_catalog.uuid[])
       AND r.status OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[])
       AND r.updated_at OPERATOR(pg_catalog.<) $3::pg_catalog.timestamptz
-    RETURNING r.id, squidmesh.run_json(r)::pg_catalog.text AS run
+    RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+              r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+              r.current_step, r.last_error::pg_catalog.text AS last_error,
+              pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+              r.version, r.idempotency_key,
+              pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+              pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+              r.id AS run_id
 )
-SELECT p.inserted_at AS key_at, p.id AS key_id, m.run
-FROM moved m JOIN picked p ON p.id OPERATOR(pg_catalog.=) m.id;
+SELECT m.id, m.workflow, m.trigger, m.status, m.payload, m.context, m.current_step,
+       m.last_error, m.replayed_from_run_id, m.version, m.idempotency_key, m.inserted_at,
+       m.updated_at, p.inserted_at AS key_at, p.id AS key_id
+FROM moved m JOIN picked p ON p.id OPERATOR(pg_catalog.=) m.run_id;
 
 -- name: lock_and_prune_feed_ticks
 -- One batch of prune_feed: $1 batch size, $2 cursor (the largest id the

@@ -1,7 +1,32 @@
 -- Named queries over squidmesh.runs. Each block starts with "-- name: <name>".
--- Every query returns runs as squidmesh.run_json(r)::text so that one
--- msgspec decode builds the Run. JSON goes in as $n::text::jsonb, so a
--- user's pool works whatever jsonb codec it has.
+--
+-- The run's columns. Every query that returns a run (here and in the other
+-- files) returns it as these thirteen columns, first in its row (other values
+-- after them), which squidmesh._codec.decode_run turns into a Run:
+--   pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+--   r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+--   r.current_step, r.last_error::pg_catalog.text AS last_error,
+--   pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+--   r.version, r.idempotency_key,
+--   pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+--   pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+-- (tests/unit/test_run_columns.py checks that each copy is this one). They
+-- are what a hand-written SELECT of the row costs the server: nothing is
+-- built per run (squidmesh.run_json, the shape before, built a JSON text with
+-- json_build_object and to_char: 3 to 6 us of server time per run, most of
+-- a 50-run list). And their types are ones a pool's codecs are not set for,
+-- so a user's pool with codecs for jsonb, json, uuid, timestamptz or
+-- timestamp still gets the same Run, whatever the session's TimeZone:
+--   * ids as bytea, the uuid's 16 bytes, made into asyncpg's own UUID in C;
+--   * jsonb as its text, decoded by msgspec (JSON goes in as
+--     $n::text::jsonb the same way);
+--   * timestamps as float8 seconds since 1970-01-01 UTC, made into aware
+--     UTC datetimes (datetime.fromtimestamp, or msgspec for many at once):
+--     exact to the microsecond for the years 1900 to 2200, where the double
+--     is within half a microsecond of the stored value;
+--   * the rest as stored, text and int8.
+-- The output names are the run's column names, so a query orders and filters
+-- by r.<column>: a bare ORDER BY inserted_at would sort by the float8.
 --
 -- Lock order everywhere: run row, then step run row, then attempt row.
 -- FOR UPDATE is what semantics.md asks for; FOR NO KEY UPDATE would not block
@@ -33,7 +58,13 @@ INSERT INTO squidmesh.runs AS r
 SELECT $1, $2, $3, 'pending', $4::pg_catalog.text::pg_catalog.jsonb, '{}'::pg_catalog.jsonb,
        $5, $6, c.ts, c.ts
 FROM (SELECT pg_catalog.clock_timestamp() AS ts) c
-RETURNING squidmesh.run_json(r)::pg_catalog.text;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at;
 
 -- name: insert_run_keyed
 -- insert_run with an idempotency key ($6) and the fingerprint of what the
@@ -49,11 +80,24 @@ SELECT $1, $2, $3, 'pending', $4::pg_catalog.text::pg_catalog.jsonb, '{}'::pg_ca
        $5, $6, $7, c.ts, c.ts
 FROM (SELECT pg_catalog.clock_timestamp() AS ts) c
 ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING squidmesh.run_json(r)::pg_catalog.text;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at;
 
 -- name: get_run_by_key
 -- The run holding an idempotency key, and the fingerprint it was created with.
-SELECT squidmesh.run_json(r)::pg_catalog.text, r.idempotency_fingerprint
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+       r.idempotency_fingerprint
 FROM squidmesh.runs r
 WHERE r.workflow OPERATOR(pg_catalog.=) $1 AND r.idempotency_key OPERATOR(pg_catalog.=) $2;
 
@@ -63,35 +107,35 @@ SELECT r.version FROM squidmesh.runs r WHERE r.id OPERATOR(pg_catalog.=) $1;
 
 -- name: get_run
 -- Primary-key lookup.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+FROM squidmesh.runs r
 WHERE r.id OPERATOR(pg_catalog.=) $1;
 
 -- name: lock_run
 -- The locking read for operations that run user code under the lock.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at
+FROM squidmesh.runs r
 WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
-
--- name: list_runs_by_status
--- The first page of list_runs / page_runs for one status and no other filter
--- (squidmesh._listing): one ordered range of runs_status_inserted_idx.
--- $1 = limit (NULL = all). Other shapes: sql/queries/listing.sql.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
-WHERE r.status OPERATOR(pg_catalog.=) $2
-ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
-
--- name: list_runs_by_workflow_status
--- The same with a workflow: one range of runs_workflow_status_inserted_idx.
-SELECT squidmesh.run_json(r)::pg_catalog.text FROM squidmesh.runs r
-WHERE r.workflow OPERATOR(pg_catalog.=) $2 AND r.status OPERATOR(pg_catalog.=) $3
-ORDER BY r.inserted_at DESC, r.id DESC LIMIT $1;
 
 -- name: insert_replay
 -- One round trip. $1 new id, $2 source id, $3/$4 the registered workflows'
 -- names and entry steps (the entry step comes from the definition in
 -- Python). Copies workflow, trigger and payload from the source, which is
--- read, not locked: a replay leaves it untouched. Returns the source's
--- workflow and the new run, NULL when that workflow is not registered;
--- no row = no source.
+-- read, not locked: a replay leaves it untouched. Returns the new run (all
+-- NULL when the source's workflow is not registered), then the source's
+-- workflow; no row = no source.
 WITH source AS (
     SELECT * FROM squidmesh.runs WHERE id OPERATOR(pg_catalog.=) $2
 ), registered AS (
@@ -108,15 +152,22 @@ WITH source AS (
     SELECT $1, g.workflow, g.trigger, 'pending', g.payload, '{}'::pg_catalog.jsonb,
            g.entry_step, g.id, c.ts, c.ts
     FROM registered g, (SELECT pg_catalog.clock_timestamp() AS ts) c
-    RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
+    RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+              r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+              r.current_step, r.last_error::pg_catalog.text AS last_error,
+              pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+              r.version, r.idempotency_key,
+              pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+              pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 )
-SELECT source.workflow, inserted.run FROM source LEFT JOIN inserted ON true;
+SELECT inserted.*, source.workflow AS source_workflow FROM source LEFT JOIN inserted ON true;
 
 -- name: transition_run
 -- One round trip: lock, check the version ($10, NULL = any) and the move
 -- against the states it may come from ($9, from the state machine), write.
--- Returns the status and version read under the lock and the new run (NULL
--- when the version differs or the move is illegal); no row = not found.
+-- Returns the new run (all NULL when the version differs or the move is
+-- illegal), then the status and version read under the lock; no row = not
+-- found.
 WITH locked AS (
     SELECT id, status, version FROM squidmesh.runs
     WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE
@@ -131,9 +182,16 @@ WITH locked AS (
     WHERE r.id OPERATOR(pg_catalog.=) locked.id
       AND locked.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
       AND ($10::pg_catalog.int8 IS NULL OR locked.version OPERATOR(pg_catalog.=) $10)
-    RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
+    RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+              r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+              r.current_step, r.last_error::pg_catalog.text AS last_error,
+              pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+              r.version, r.idempotency_key,
+              pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+              pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 )
-SELECT locked.status, locked.version, moved.run FROM locked LEFT JOIN moved ON true;
+SELECT moved.*, locked.status AS from_status, locked.version AS from_version
+FROM locked LEFT JOIN moved ON true;
 
 -- name: transition_run_fast
 -- PostgreSQL >= 18 (RETURNING old.*): the guarded UPDATE alone, as cheap as a
@@ -149,7 +207,14 @@ UPDATE squidmesh.runs r SET
     last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) $1 AND r.status OPERATOR(pg_catalog.=) ANY ($9::pg_catalog.text[])
   AND ($10::pg_catalog.int8 IS NULL OR r.version OPERATOR(pg_catalog.=) $10)
-RETURNING old.status, old.version, squidmesh.run_json(r)::pg_catalog.text;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+          old.status AS from_status, old.version AS from_version;
 
 -- name: update_run
 -- The UPDATE takes the row lock itself; status is untouched. $8 = the
@@ -160,7 +225,13 @@ UPDATE squidmesh.runs r SET
     last_error = CASE WHEN $6 THEN $7::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) $1
   AND ($8::pg_catalog.int8 IS NULL OR r.version OPERATOR(pg_catalog.=) $8)
-RETURNING squidmesh.run_json(r)::pg_catalog.text;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at;
 
 -- name: cancel_run
 -- One round trip; the branches and the paused-step finalisation live in the
@@ -182,7 +253,14 @@ UPDATE squidmesh.runs r SET
 WHERE r.id OPERATOR(pg_catalog.=) $1
   AND r.status OPERATOR(pg_catalog.=) ANY ('{pending,running,retrying}'::pg_catalog.text[])
   AND ($2::pg_catalog.int8 IS NULL OR r.version OPERATOR(pg_catalog.=) $2)
-RETURNING old.status, old.version, squidmesh.run_json(r)::pg_catalog.text;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+          old.status AS from_status, old.version AS from_version;
 
 -- name: write_run
 -- A write to a row the caller already locked in its transaction
@@ -193,4 +271,10 @@ UPDATE squidmesh.runs r SET
     current_step = CASE WHEN $5 THEN $6 ELSE r.current_step END,
     last_error = CASE WHEN $7 THEN $8::pg_catalog.text::pg_catalog.jsonb ELSE r.last_error END
 WHERE r.id OPERATOR(pg_catalog.=) $1
-RETURNING squidmesh.run_json(r)::pg_catalog.text;
+RETURNING pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+          r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+          r.current_step, r.last_error::pg_catalog.text AS last_error,
+          pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+          r.version, r.idempotency_key,
+          pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+          pg_catalog.date_part('epoch', r.updated_at) AS updated_at;

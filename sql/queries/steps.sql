@@ -161,9 +161,11 @@ RETURNING squidmesh.attempt_json(a)::pg_catalog.text;
 -- Locks: the run (locked), then the step run (step joins locked), then the
 -- attempt (attempt joins step): the data dependencies fix that order.
 -- duration_s counts to the clock after the locks are held, so it is never
--- negative however long the wait.
+-- negative however long the wait. The row starts with the run's columns
+-- (those of every query that returns a run, see runs.sql): as written
+-- (branches 2 and 3), else as read under the lock.
 WITH locked AS (
-    SELECT r.id, r.status, r.version, squidmesh.run_json(r)::pg_catalog.text AS run
+    SELECT r.id, r.status, r.version, r AS run
     FROM squidmesh.runs r WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE
 ), step AS (
     SELECT s.id, s.step, s.inserted_at
@@ -208,7 +210,7 @@ WITH locked AS (
     FROM decision d
     WHERE r.id OPERATOR(pg_catalog.=) d.id
       AND d.branch OPERATOR(pg_catalog.=) ANY ('{cancel,pause}'::pg_catalog.text[])
-    RETURNING squidmesh.run_json(r)::pg_catalog.text AS run
+    RETURNING r AS run
 ), failed_step AS (
     UPDATE squidmesh.step_runs s SET
         status = 'failed',
@@ -230,13 +232,19 @@ WITH locked AS (
       AND a.status OPERATOR(pg_catalog.=) 'running'
     RETURNING a.attempt_number, a.inserted_at
 )
-SELECT locked.status AS from_status,
-       locked.version,
+SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
+       r.payload::pg_catalog.text AS payload, r.context::pg_catalog.text AS context,
+       r.current_step, r.last_error::pg_catalog.text AS last_error,
+       pg_catalog.uuid_send(r.replayed_from_run_id) AS replayed_from_run_id,
+       r.version, r.idempotency_key,
+       pg_catalog.date_part('epoch', r.inserted_at) AS inserted_at,
+       pg_catalog.date_part('epoch', r.updated_at) AS updated_at,
+       locked.status AS from_status,
+       locked.version AS from_version,
        EXISTS (SELECT 1 FROM step) AS step_found,
        EXISTS (SELECT 1 FROM attempt) AS attempt_found,
        decision.branch,
        decision.error::pg_catalog.text AS error,
-       coalesce(moved.run, locked.run) AS run,
        step.step,
        failed_step.id IS NOT NULL AS step_failed,
        failed_attempt.attempt_number,
@@ -248,4 +256,5 @@ LEFT JOIN decision ON true
 LEFT JOIN moved ON true
 LEFT JOIN step ON true
 LEFT JOIN failed_step ON true
-LEFT JOIN failed_attempt ON true;
+LEFT JOIN failed_attempt ON true
+CROSS JOIN LATERAL (SELECT (coalesce(moved.run, locked.run)).*) r;

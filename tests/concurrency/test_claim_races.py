@@ -324,9 +324,9 @@ async def test_a_claim_skips_the_runs_of_another_claimers_open_claim(
     try:
         # Another claimer's claim, not yet committed: its runs are locked.
         theirs = await holder.fetch(SQL.claim_runs, 4, *NO_CHANGES)
-        assert {r["key_id"] for r in theirs} == set(ids[:4])
+        assert {UUID(bytes=r["id"]) for r in theirs} == set(ids[:4])
         theirs_wf = await holder.fetch(SQL.claim_runs_by_workflow, 2, "wf_b", *NO_CHANGES)
-        assert {r["key_id"] for r in theirs_wf} == set(other[:2])
+        assert {UUID(bytes=r["id"]) for r in theirs_wf} == set(other[:2])
 
         assert await _claim(store, limit=5) == ids[4:9]
         assert await _claim(store, workflow="wf_b") == other[2:]

@@ -287,7 +287,7 @@ async def assert_query_functions_exist(conn: asyncpg.Connection | asyncpg.Pool) 
         )
     }
     wanted = referenced_functions() - tables
-    assert {"run_json", "cancel_run_v2"} <= wanted  # the scan finds calls at all
+    assert {"read_changes", "cancel_run_v2"} <= wanted  # the scan finds calls at all
     assert wanted <= functions, f"missing: {sorted(wanted - functions)}"
 
 

@@ -12,7 +12,23 @@ from squidmesh._queries import SQL, Queries
 from squidmesh._sql import load_queries
 
 _FIELDS = ["bool", "text", "bool", "text", "bool", "text"]  # FieldWrites
-_RUN = [("run_json", "text")]
+# A run: its thirteen columns, first in the row (see sql/queries/runs.sql).
+_RUN = [
+    ("id", "bytea"),
+    ("workflow", "text"),
+    ("trigger", "text"),
+    ("status", "text"),
+    ("payload", "text"),
+    ("context", "text"),
+    ("current_step", "text"),
+    ("last_error", "text"),
+    ("replayed_from_run_id", "bytea"),
+    ("version", "int8"),
+    ("idempotency_key", "text"),
+    ("inserted_at", "float8"),
+    ("updated_at", "float8"),
+]
+_FROM = [("from_status", "text"), ("from_version", "int8")]
 _STEP_RUN = [("step_run_json", "text")]
 # listing.sql: a page query takes statuses, the (inserted_at, id) bound, created_after
 # and the limit first; a count takes statuses and [created_after, created_before) and
@@ -31,7 +47,7 @@ _BULK_CANCELLED = [
     ("attempt_number", "int4"),
     ("duration_s", "float8"),
 ]
-_SWEPT = [*_KEY, ("run", "text")]
+_SWEPT = [*_RUN, *_KEY]
 
 # name: (parameter types, result columns)
 EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
@@ -45,23 +61,15 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "newest_tick": ([], [("coalesce", "int8")]),
     "get_runs_by_ids": (["text[]"], _RUN),
     "lock_run": (["uuid"], _RUN),
-    "list_runs_by_status": (["int8", "text"], _RUN),
-    "list_runs_by_workflow_status": (["int8", "text", "text"], _RUN),
     "insert_replay": (
         ["uuid", "uuid", "text[]", "text[]"],
-        [("workflow", "text"), ("run", "text")],
+        [*_RUN, ("source_workflow", "text")],
     ),
     "insert_run_keyed": (["uuid", "text", "text", "text", "text", "text", "text"], _RUN),
     "get_run_by_key": (["text", "text"], [*_RUN, ("idempotency_fingerprint", "text")]),
     "run_version": (["uuid"], [("version", "int8")]),
-    "transition_run": (
-        ["uuid", "text", *_FIELDS, "text[]", "int8"],
-        [("status", "text"), ("version", "int8"), ("run", "text")],
-    ),
-    "transition_run_fast": (
-        ["uuid", "text", *_FIELDS, "text[]", "int8"],
-        [("status", "text"), ("version", "int8"), ("run_json", "text")],
-    ),
+    "transition_run": (["uuid", "text", *_FIELDS, "text[]", "int8"], [*_RUN, *_FROM]),
+    "transition_run_fast": (["uuid", "text", *_FIELDS, "text[]", "int8"], [*_RUN, *_FROM]),
     "update_run": (["uuid", *_FIELDS, "int8"], _RUN),
     "cancel_run": (
         ["uuid", "text", "int8"],
@@ -74,10 +82,7 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
             ("duration_s", "float8"),
         ],
     ),
-    "cancel_run_fast": (
-        ["uuid", "int8"],
-        [("status", "text"), ("version", "int8"), ("run_json", "text")],
-    ),
+    "cancel_run_fast": (["uuid", "int8"], [*_RUN, *_FROM]),
     "write_run": (["uuid", "text", *_FIELDS], _RUN),
     "begin_step": (["uuid", "uuid", "text", "text", "text[]", "text[]"], _STEP_RUN),
     "schedule_step": (["uuid", "uuid", "text", "text", "text[]", "text[]"], _STEP_RUN),
@@ -93,21 +98,22 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "lock_and_pause_run": (
         ["uuid", "uuid", "uuid", "text[]", *_FIELDS, "text", "int8"],
         [
-            ("from_status", "text"),
-            ("version", "int8"),
+            *_RUN,
+            *_FROM,
             ("step_found", "bool"),
             ("attempt_found", "bool"),
             ("branch", "text"),
             ("error", "text"),
-            ("run", "text"),
             ("step", "text"),
             ("step_failed", "bool"),
             ("attempt_number", "int4"),
             ("duration_s", "float8"),
         ],
     ),
-    "run_history": (["uuid"], [("json_build_object", "text")]),
+    "run_history": (["uuid"], [*_RUN, ("part", "int4")]),
     # listing.sql
+    "list_runs_by_status": (["text", *_PAGE[1:]], _RUN),
+    "list_runs_by_workflow_status": (["text", *_PAGE[1:], "text"], _RUN),
     "select_runs": (_PAGE, _RUN),
     "select_runs_by_workflow": ([*_PAGE, "text"], _RUN),
     "select_runs_by_trigger": ([*_PAGE, "text"], _RUN),
@@ -145,9 +151,9 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ["int8", "int8", "timestamptz"],
         [("deleted", "int8"), ("last_id", "int8")],
     ),
-    # claims.sql: rows keyed like the batches', sorted by that key in _claims.
-    "claim_runs": (["int8", *_FIELDS], _SWEPT),
-    "claim_runs_by_workflow": (["int8", "text", *_FIELDS], _SWEPT),
+    # claims.sql: the runs, sorted by (inserted_at, id) in _claims.
+    "claim_runs": (["int8", *_FIELDS], _RUN),
+    "claim_runs_by_workflow": (["int8", "text", *_FIELDS], _RUN),
     # scheduler.sql
     "scheduler_clock": ([], [("clock_timestamp", "timestamptz")]),
     "read_cron_state": (
