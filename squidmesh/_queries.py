@@ -107,6 +107,7 @@ class Queries:
     feed_tick: LiteralString
     newest_tick: LiteralString
     get_runs_by_ids: LiteralString
+    notify_probe: LiteralString
     # claims.sql
     claim_runs: LiteralString
     claim_runs_by_workflow: LiteralString

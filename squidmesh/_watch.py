@@ -387,7 +387,7 @@ class Watcher:
                 heard = anyio.Event()
                 on_probe = _setter(heard)
                 await conn.add_listener(probe, on_probe)
-                await q.value(self._pool, "SELECT pg_catalog.pg_notify($1, '')", probe)
+                await q.value(self._pool, SQL.notify_probe, probe)
                 with anyio.move_on_after(1.0):
                     await heard.wait()
                 if lost.is_set():

@@ -40,3 +40,8 @@ SELECT pg_catalog.uuid_send(r.id) AS id, r.workflow, r.trigger, r.status,
        pg_catalog.date_part('epoch', r.updated_at) AS updated_at
 FROM squidmesh.runs r
 WHERE r.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]::pg_catalog.uuid[]);
+
+-- name: notify_probe
+-- The watcher's check that its LISTEN connection hears what is sent through
+-- the pool (a transaction-mode pooler would swallow it): $1 its probe channel.
+SELECT pg_catalog.pg_notify($1, '');

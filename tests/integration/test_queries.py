@@ -60,6 +60,7 @@ EXPECTED: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "feed_tick": (["interval"], [("feed_tick", "int8")]),
     "newest_tick": ([], [("coalesce", "int8")]),
     "get_runs_by_ids": (["text[]"], _RUN),
+    "notify_probe": (["text"], [("pg_notify", "void")]),
     "lock_run": (["uuid"], _RUN),
     "insert_replay": (
         ["uuid", "uuid", "text[]", "text[]"],
