@@ -57,10 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dsn", help="a server to use (default: $SQUIDMESH_DSN, else an embedded durable one)"
     )
     parser.add_argument(
-        "--runs", type=int, help="timed calls per variant and concurrency (default 3000; quick 300)"
+        "--runs",
+        type=int,
+        help="timed calls per variant and concurrency (default 12000; quick 300)",
     )
     parser.add_argument(
-        "--rounds", type=int, help="rounds the calls are split into (default 5; quick 3)"
+        "--rounds", type=int, help="rounds the calls are split into (default 20; quick 3)"
     )
     parser.add_argument(
         "--concurrency",
@@ -96,8 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.concurrencies = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
     if not args.concurrencies or min(args.concurrencies) < 1:
         parser.error("--concurrency takes positive integers, e.g. 1,16")
-    args.runs = args.runs or (300 if args.quick else 3000)
-    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.runs = args.runs or (300 if args.quick else 12000)
+    args.rounds = args.rounds or (3 if args.quick else 20)
     args.list_rows = args.list_rows or (100_000 if args.quick else 1_000_000)
     args.prune_rows = args.prune_rows or (10_000 if args.quick else 100_000)
     return args
@@ -135,6 +137,9 @@ async def main(args: argparse.Namespace) -> int:
             return 0
 
         selected = set(args.only or [])
+        # Calls per side and concurrency of the read benchmarks (history,
+        # list, paging), in args.rounds rounds.
+        reads = 200 if args.quick else 6000
         benches = [b for b in bench_ops.operations() if not selected or b.name in selected]
         if benches:
             async with h.fresh_database(admin_dsn, "ops") as dsn:
@@ -146,15 +151,13 @@ async def main(args: argparse.Namespace) -> int:
             print(bench_ops.results_table(results))
         if not selected or "history" in selected:
             async with h.fresh_database(admin_dsn, "history") as dsn:
-                history = await bench_history.run(dsn, 200 if args.quick else 2000, live)
+                history = await bench_history.run(dsn, reads, live, args.rounds)
             report["history"] = history
             print()
             print(bench_history.describe(history))
         if not selected or "list" in selected:
             async with h.fresh_database(admin_dsn, "list") as dsn:
-                listing = await bench_list.run(
-                    dsn, args.list_rows, 200 if args.quick else 2000, live
-                )
+                listing = await bench_list.run(dsn, args.list_rows, reads, live, args.rounds)
             report["list"] = listing
             print()
             print(bench_list.describe(listing))
@@ -163,7 +166,7 @@ async def main(args: argparse.Namespace) -> int:
             # Both parts share one table of --list-rows runs.
             async with h.fresh_database(admin_dsn, "paging") as dsn:
                 paging = await bench_paging.run(
-                    dsn, args.list_rows, 200 if args.quick else 2000, live, paging_parts
+                    dsn, args.list_rows, reads, live, paging_parts, args.rounds
                 )
             report["paging"] = paging
             print()
@@ -177,13 +180,13 @@ async def main(args: argparse.Namespace) -> int:
         if not selected or "state_machine" in selected:
             async with h.fresh_database(admin_dsn, "sm") as dsn:
                 machine_rows = await bench_state_machine.run(
-                    dsn, 2 * args.runs, args.rounds, args.concurrencies
+                    dsn, args.runs, args.rounds, args.concurrencies
                 )
             report["state_machine"] = machine_rows
             print()
             print(bench_state_machine.describe(machine_rows))
         feed_sizes = bench_feed.Sizes.of(
-            args.quick, runs=2 * args.runs, rounds=args.rounds, concurrencies=args.concurrencies
+            args.quick, runs=args.runs, rounds=args.rounds, concurrencies=args.concurrencies
         )
         for part in bench_feed.PARTS:
             if not selected or part in selected:
@@ -197,7 +200,7 @@ async def main(args: argparse.Namespace) -> int:
         if not selected or "scheduler" in selected:
             async with h.fresh_database(admin_dsn, "sched") as dsn:
                 count, per = (20, 50) if args.quick else (100, 100)
-                scheduling = await bench_scheduler.run(dsn, count, per, args.rounds)
+                scheduling = await bench_scheduler.run(dsn, count, per, min(args.rounds, 5))
             report["scheduler"] = scheduling
             print()
             print(bench_scheduler.describe(scheduling, count * per))
@@ -216,7 +219,8 @@ async def main(args: argparse.Namespace) -> int:
 LEGEND = """\
 How to read the tables. ops/s: the median over the rounds; p50, p99: over all
 calls, in ms; ratio: the median over the rounds of (variant ops/s) / (the
-baseline's ops/s in the same round), above 1 is faster than the baseline.
+baseline's ops/s in the same round; the two run back to back, in alternating
+order), above 1 is faster than the baseline.
 Each baseline is raw asyncpg on the same server and pool with the best plain
 SQL for the operation (one statement: the guarded UPDATE ... RETURNING of
 PostgreSQL 18, the composite indexes; for the history read, three plain

@@ -97,7 +97,7 @@ async def _baseline(pool: asyncpg.Pool, run_id: UUID) -> object:
     return None if run is None else run_values(run), step_runs
 
 
-async def run(dsn: str, calls: int, live: h.LiveLine) -> dict[str, Any]:
+async def run(dsn: str, calls: int, live: h.LiveLine, rounds: int = 4) -> dict[str, Any]:
     """Time the history read; ``{"available": False}`` while it is not implemented."""
     pool = await h.open_pool(dsn)
     try:
@@ -137,6 +137,7 @@ async def run(dsn: str, calls: int, live: h.LiveLine) -> dict[str, Any]:
                 items,
                 conc,
                 live,
+                rounds,
             )
         result["rows"] = rows
         return result

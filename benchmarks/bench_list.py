@@ -45,7 +45,7 @@ SELECT {RUN_COLUMNS} FROM squidmesh.runs WHERE workflow = $1 AND status = $2
 ORDER BY inserted_at DESC, id DESC LIMIT 50"""
 
 
-async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, Any]:
+async def run(dsn: str, rows: int, calls: int, live: h.LiveLine, rounds: int = 4) -> dict[str, Any]:
     """Load ``rows`` runs, show the plans, time list_runs against the raw SELECT."""
     pool = await h.open_pool(dsn)
     try:
@@ -91,6 +91,7 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine) -> dict[str, An
                 [None] * calls,
                 conc,
                 live,
+                rounds,
             )
         return {
             "rows_in_table": rows,

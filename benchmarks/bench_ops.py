@@ -20,9 +20,10 @@ configuration (16 connections, ``reset=squidmesh.no_reset``, as
   sends a reset query on every release), and squidmesh on a default pool.
 
 Variants run in rounds with a rotating order, each round on fresh runs, so
-that the drift of a noisy shared machine hits every variant alike; the ratio
-is the median over the rounds of (variant ops/s) / (baseline ops/s) of the
-same round.
+that the drift of a noisy shared machine hits every variant alike; the
+baseline and squidmesh always run back to back (in alternating order), and
+the ratio is the median over the rounds of (variant ops/s) / (baseline
+ops/s) of the same round.
 """
 
 from __future__ import annotations
@@ -576,8 +577,7 @@ async def _run_block(
     live.start(f"{bench.name} c={conc}", per_round * rounds * len(variants))
     timings: dict[str, list[h.Timing]] = {v.name: [] for v in variants}
     for r in range(rounds):
-        shift = r % len(variants)
-        for v in variants[shift:] + variants[:shift]:
+        for v in _round_order(variants, r):
             items = await bench.prepare(env, per_round)
             live.label = f"{bench.name} c={conc} r{r + 1}/{rounds} {v.name}"[:52]
             timings[v.name].append(await h.timed(calls[v.name], items, conc, live))
@@ -601,6 +601,18 @@ async def _run_block(
             )
         )
     return out
+
+
+def _round_order(variants: Sequence[Variant], r: int) -> list[Variant]:
+    """Round ``r``'s order: the baseline and squidmesh run back to back, in
+    alternating order, so the ratio compares two neighbours in time; the pair
+    and the extras rotate, so no variant always runs first or last."""
+    base, squid, *extras = variants
+    assert (base.role, squid.role) == ("baseline", "squidmesh")
+    pair = [base, squid] if r % 2 == 0 else [squid, base]
+    units = [pair, *([v] for v in extras)]
+    shift = r % len(units)
+    return [v for unit in units[shift:] + units[:shift] for v in unit]
 
 
 def results_table(results: Sequence[VariantResult]) -> str:

@@ -167,7 +167,9 @@ def _index_names(plan: Any) -> list[str]:
     return found
 
 
-async def run(dsn: str, rows: int, calls: int, live: h.LiveLine, parts: set[str]) -> dict[str, Any]:
+async def run(
+    dsn: str, rows: int, calls: int, live: h.LiveLine, parts: set[str], rounds: int = 4
+) -> dict[str, Any]:
     """Load ``rows`` runs; time the selected parts against the raw statements."""
     pool = await h.open_pool(dsn)
     try:
@@ -182,9 +184,11 @@ async def run(dsn: str, rows: int, calls: int, live: h.LiveLine, parts: set[str]
         result: dict[str, Any] = {"rows_in_table": rows, "pages": [], "counts": None}
         if "page_runs" in parts:
             for label, filters in shapes(rows).items():
-                result["pages"].append(await _page_shape(pool, store, label, filters, calls, live))
+                result["pages"].append(
+                    await _page_shape(pool, store, label, filters, calls, live, rounds)
+                )
         if "count_runs_by_status" in parts:
-            result["counts"] = await _counts(pool, store, rows, max(calls // 4, 50), live)
+            result["counts"] = await _counts(pool, store, rows, max(calls // 4, 50), live, rounds)
         return result
     finally:
         await pool.close()
@@ -197,6 +201,7 @@ async def _page_shape(
     filters: dict[str, Any],
     calls: int,
     live: h.LiveLine,
+    rounds: int,
 ) -> dict[str, Any]:
     cursors: list[str | None] = [None]
     for _ in range(PAGES - 1):
@@ -244,6 +249,7 @@ async def _page_shape(
             list(range(calls)),
             conc,
             live,
+            rounds,
         )
     return {
         "shape": label,
@@ -256,7 +262,12 @@ async def _page_shape(
 
 
 async def _counts(
-    pool: asyncpg.Pool, store: RunStore, rows: int, calls: int, live: h.LiveLine
+    pool: asyncpg.Pool,
+    store: RunStore,
+    rows: int,
+    calls: int,
+    live: h.LiveLine,
+    rounds: int,
 ) -> dict[str, Any]:
     # The last ~50,000 runs (about the last six days of the load's timeline).
     after = T0 + STEP * max(rows - 50_000, 0)
@@ -294,6 +305,7 @@ async def _counts(
             list(range(calls)),
             conc,
             live,
+            rounds,
         )
     return {
         "created_after": after.isoformat(),

@@ -90,22 +90,37 @@ def _problem(value: object, path: str, depth: int) -> str | None:
         for k, v in value.items():  # type: ignore[attr-defined]
             if type(k) is not str:
                 return f"{path}: key {k!r} is not a string"
-            problem = text_problem(k)
-            if problem:
-                return f"{path}: key {k!r} {problem}"
-            p = _problem(v, f"{path}.{k}", depth + 1)
-            if p:
-                return p
+            if "\x00" in k or not k.isascii():
+                problem = text_problem(k)
+                if problem:
+                    return f"{path}: key {k!r} {problem}"
+            # The common values are decided here, without a call or a path
+            # built for them (most of the cost of checking a small map);
+            # anything else, or anything doubtful, gets the full check.
+            if not _plainly_fine(v):
+                p = _problem(v, f"{path}.{k}", depth + 1)
+                if p:
+                    return p
         return None
     if t is list:
         for i, v in enumerate(value):  # type: ignore[arg-type]
-            p = _problem(v, f"{path}[{i}]", depth + 1)
-            if p:
-                return p
+            if not _plainly_fine(v):
+                p = _problem(v, f"{path}[{i}]", depth + 1)
+                if p:
+                    return p
         return None
     return (
         f"{path}: {t.__name__} is not a JSON value (use dict, list, str, int, float, bool or None)"
     )
+
+
+def _plainly_fine(v: object) -> bool:
+    t = type(v)
+    if t is str:
+        return "\x00" not in v and v.isascii()  # type: ignore[operator, attr-defined]
+    if t is int:
+        return -_INT_BOUND < v < _INT_BOUND  # type: ignore[operator]
+    return v is None or t is bool or (t is float and math.isfinite(v))  # type: ignore[arg-type]
 
 
 def text_problem(text: str) -> str | None:
@@ -225,6 +240,12 @@ def _run(row: Record | tuple[Any, ...], inserted_at: datetime, updated_at: datet
         inserted_at=inserted_at,
         updated_at=updated_at,
     )
+
+
+def decode_status(value: str) -> RunStatus:
+    """A status a query returns as text (a dict lookup: ``RunStatus(value)`` costs
+    several times more)."""
+    return _STATUS.get(value) or RunStatus(value)
 
 
 def decode_id(value: bytes) -> UUID:

@@ -130,27 +130,29 @@ class RunOps:
 
     async def transition(
         self, run_id: object, to: RunStatus, writes: FieldWrites, expected: int | None
-    ) -> tuple[Run, RunTransitioned]:
+    ) -> tuple[Run, RunStatus]:
+        """The run as written and the status it moved from."""
         uid = run_uuid(run_id)
         sources = state_machine.sources_of(to)
-        async with _queries.connection(self._pool) as conn:
-            row = None
-            if self._server.fast_paths(conn):
-                row = await _queries.write_row(
-                    conn, SQL.transition_run_fast, uid, to.value, *writes, sources, expected
-                )
-            if row is None:
-                row = await _queries.write_row(
-                    conn, SQL.transition_run, uid, to.value, *writes, sources, expected
-                )
+        pool = self._pool
+        row = None
+        # Each statement is a transaction of its own, so they need not share
+        # a connection: the common case is one pool call, like raw asyncpg's.
+        if self._server.returning_old or await self._fast_paths():
+            row = await _queries.write_row(
+                pool, SQL.transition_run_fast, uid, to.value, *writes, sources, expected
+            )
+        if row is None:
+            row = await _queries.write_row(
+                pool, SQL.transition_run, uid, to.value, *writes, sources, expected
+            )
         if row is None:
             raise RunNotFound(run_id)
         from_status = row["from_status"]
         if row[0] is None:
             _check_version(run_id, expected, row["from_version"])
             raise InvalidTransition(from_status, to)
-        run = _codec.decode_run(row)
-        return run, RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=to)
+        return _codec.decode_run(row), _codec.decode_status(from_status)
 
     async def update(self, run_id: object, writes: FieldWrites, expected: int | None) -> Run:
         uid = run_uuid(run_id)
@@ -165,18 +167,17 @@ class RunOps:
 
     async def cancel(self, run_id: object, expected: int | None) -> tuple[Run, list[object]]:
         uid = run_uuid(run_id)
-        async with _queries.connection(self._pool) as conn:
-            if self._server.fast_paths(conn):
-                row = await _queries.write_row(conn, SQL.cancel_run_fast, uid, expected)
-                if row is not None:
-                    run = _codec.decode_run(row)
-                    return run, cancel_events(run, row["from_status"], None, None, None)
-            # cancel_run_v2 decides every case (a paused run, a refused one,
-            # an unknown id; every cancel before PostgreSQL 18) and returns
-            # the run in the JSON shape of squidmesh.run_json.
-            row = await _queries.write_row(
-                conn, SQL.cancel_run, uid, CANCELLED_WHILE_PAUSED_TEXT, expected
-            )
+        if self._server.returning_old or await self._fast_paths():
+            row = await _queries.write_row(self._pool, SQL.cancel_run_fast, uid, expected)
+            if row is not None:
+                run = _codec.decode_run(row)
+                return run, cancel_events(run, row["from_status"], None, None, None)
+        # cancel_run_v2 decides every case (a paused run, a refused one, an
+        # unknown id; every cancel before PostgreSQL 18) and returns the run
+        # in the JSON shape of squidmesh.run_json.
+        row = await _queries.write_row(
+            self._pool, SQL.cancel_run, uid, CANCELLED_WHILE_PAUSED_TEXT, expected
+        )
         if row is None:
             raise RunNotFound(run_id)
         from_status, version, text, failed_step, attempt_number, duration_s = row
@@ -185,6 +186,13 @@ class RunOps:
             raise InvalidTransition(from_status, RunStatus.CANCELLING)
         run = _codec.decode_run(text)
         return run, cancel_events(run, from_status, failed_step, attempt_number, duration_s)
+
+    async def _fast_paths(self) -> bool:
+        known = self._server.returning_old
+        if known is None:  # once per store: asyncpg knows the version from the handshake
+            async with _queries.connection(self._pool) as conn:
+                known = self._server.fast_paths(conn)
+        return known
 
     # -- inside a transaction that holds the run's lock ----------------------
 
@@ -239,7 +247,9 @@ def cancel_events(
 ) -> list[object]:
     """What a cancel reports: the move, then the paused step it failed, if any."""
     events: list[object] = [
-        RunTransitioned(run=run, from_status=RunStatus(from_status), to_status=run.status)
+        RunTransitioned(
+            run=run, from_status=_codec.decode_status(from_status), to_status=run.status
+        )
     ]
     if failed_step is not None:
         events.append(

@@ -26,7 +26,7 @@ from msgspec import UNSET, UnsetType
 from . import state_machine
 from ._claims import ClaimOps
 from ._errors import RunNotFound, WaitTimeout
-from ._events import EventBus, Listener, RunCreated, RunReplayed
+from ._events import EventBus, Listener, RunCreated, RunReplayed, RunTransitioned
 from ._feed import FeedOps
 from ._history import HistoryOps
 from ._listing import ListingOps
@@ -51,7 +51,7 @@ from ._types import (
     StepAttempt,
     StepRun,
 )
-from ._values import encode_json_map, field_writes, run_uuid
+from ._values import NO_CHANGES, encode_json_map, field_writes, run_uuid
 from ._watch import (
     DEFAULT_POLL_INTERVAL,
     Watcher,
@@ -113,7 +113,7 @@ class RunStore:
         self._registry = Registry(workflows)
         self._feed = FeedOps(pool)
         self._watch = Watcher(pool, self._feed, listen_dsn, check_poll_interval(poll_interval))
-        self._bus = EventBus(listeners, self._watch.observe)
+        self._bus = EventBus(listeners, self._watch.observe, self._watch.watching)
         self._server = ServerFeatures()
         self._runs = RunOps(pool, self._registry, self._server)
         self._steps = StepOps(pool, self._registry)
@@ -255,7 +255,7 @@ class RunStore:
     ) -> tuple[Run, bool]:
         """One INSERT (and, when a key yields, one read); ``RunCreated`` if created now."""
         run, created = await self._runs.insert(self._pool, workflow, payload, trigger, key)
-        if created:
+        if created and self._bus.wanted:
             await self._bus.emit((RunCreated(run=run),))
         return run, created
 
@@ -549,13 +549,18 @@ class RunStore:
             UnknownStatus: ``to_status`` is not a state.
         """
         to = state_machine.coerce_status(to_status)
-        writes = field_writes(
-            RunChanges(context=context, current_step=current_step, last_error=last_error)
+        writes = (
+            NO_CHANGES
+            if context is UNSET and current_step is UNSET and last_error is UNSET
+            else field_writes(
+                RunChanges(context=context, current_step=current_step, last_error=last_error)
+            )
         )
-        run, event = await self._runs.transition(
+        run, from_status = await self._runs.transition(
             run_id, to, writes, check_expected_version(expected_version)
         )
-        await self._bus.emit((event,))
+        if self._bus.wanted:
+            await self._bus.emit((RunTransitioned(run=run, from_status=from_status, to_status=to),))
         return run
 
     async def update_run(
@@ -604,7 +609,8 @@ class RunStore:
                 (reported as a move to ``cancelling``).
         """
         run, events = await self._runs.cancel(run_id, check_expected_version(expected_version))
-        await self._bus.emit(events)
+        if self._bus.wanted:
+            await self._bus.emit(events)
         return run
 
     # -- many runs at once ------------------------------------------------

@@ -176,6 +176,10 @@ class Watcher:
         if not self._busy():
             self._wake.set()
 
+    def watching(self) -> bool:
+        """Whether ``observe`` would use events now (it returns at once otherwise)."""
+        return self._task is not None or (self._listen_dsn is not None and not self._closed)
+
     def observe(self, events: Iterable[object]) -> None:
         """Runs this store just changed (after commit): their waiters get them
         now, and the feed is read soon for the consumers."""

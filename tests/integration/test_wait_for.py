@@ -161,6 +161,30 @@ async def test_a_run_finished_later_by_the_same_store_ends_the_wait(store: RunSt
     assert {(r.id, r.status, r.version) for r in got} == {(run.id, S.COMPLETED, done.version)}
 
 
+@pytest.mark.parametrize("finish", ["transition_run", "cancel_run"])
+async def test_a_store_that_never_polls_wakes_its_waiter_with_its_own_write(
+    pool: asyncpg.Pool, finish: str
+) -> None:
+    # No LISTEN and a poll far beyond the bound: only the write's own
+    # post-commit event can end this wait in time. A store skips building
+    # events when nobody would get them; a running watcher must count.
+    store = RunStore(pool, workflows=WORKFLOWS, poll_interval=3600)
+    try:
+        run = await new_run(store)
+        wait = asyncio.create_task(store.wait_for(run.id))
+        await settled(store)
+        assert not wait.done()
+        if finish == "transition_run":
+            done = await store.transition_run(run.id, S.FAILED)
+        else:
+            done = await store.cancel_run(run.id)
+        got = await asyncio.wait_for(wait, 10)
+        assert (got.status, got.version) == (done.status, done.version)
+        assert got.status in (S.FAILED, S.CANCELLED)
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.parametrize(
     ("waiter_listens", "writer_listens", "poll_interval"),
     [
