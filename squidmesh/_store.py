@@ -51,7 +51,7 @@ from ._types import (
     StepAttempt,
     StepRun,
 )
-from ._values import NO_CHANGES, encode_json_map, field_writes, run_uuid
+from ._values import encode_json_map, field_writes_of, run_uuid
 from ._watch import (
     DEFAULT_POLL_INTERVAL,
     Watcher,
@@ -549,13 +549,7 @@ class RunStore:
             UnknownStatus: ``to_status`` is not a state.
         """
         to = state_machine.coerce_status(to_status)
-        writes = (
-            NO_CHANGES
-            if context is UNSET and current_step is UNSET and last_error is UNSET
-            else field_writes(
-                RunChanges(context=context, current_step=current_step, last_error=last_error)
-            )
-        )
+        writes = field_writes_of(context, current_step, last_error)
         run, from_status = await self._runs.transition(
             run_id, to, writes, check_expected_version(expected_version)
         )
@@ -582,9 +576,7 @@ class RunStore:
                 (checked first, under the lock: nothing written, no caller code run).
             RunNotFound: no run has that id.
         """
-        writes = field_writes(
-            RunChanges(context=context, current_step=current_step, last_error=last_error)
-        )
+        writes = field_writes_of(context, current_step, last_error)
         return await self._runs.update(run_id, writes, check_expected_version(expected_version))
 
     async def cancel_run(self, run_id: object, *, expected_version: int | None = None) -> Run:

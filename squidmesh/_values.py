@@ -37,6 +37,7 @@ class FieldWrites(NamedTuple):
 
 
 NO_CHANGES: Final = FieldWrites()
+_new_tuple: Final = tuple.__new__
 
 # PostgreSQL's bigint: the largest LIMIT, version or count a statement takes.
 MAX_BIGINT: Final = 2**63 - 1
@@ -68,7 +69,12 @@ def field_writes(changes: RunChanges) -> FieldWrites:
 
     Raises ``InvalidRun`` before anything is sent when a value cannot be stored.
     """
-    ctx, step, err = changes.context, changes.current_step, changes.last_error
+    return field_writes_of(changes.context, changes.current_step, changes.last_error)
+
+
+def field_writes_of(ctx: object, step: object, err: object) -> FieldWrites:
+    """``field_writes`` of the three fields as a caller passed them (keywords of
+    ``transition_run`` and ``update_run``), without a ``RunChanges`` between."""
     if ctx is UNSET and step is UNSET and err is UNSET:
         return NO_CHANGES
     ctx_text = step_val = err_text = None
@@ -78,8 +84,11 @@ def field_writes(changes: RunChanges) -> FieldWrites:
         step_val = check_step_name("current_step", step)
     if err is not UNSET and err is not None:
         err_text = encode_json_map("last_error", err)
-    return FieldWrites(
-        ctx is not UNSET, ctx_text, step is not UNSET, step_val, err is not UNSET, err_text
+    # tuple.__new__: a NamedTuple's own __new__ is a Python function, and
+    # this runs on every write.
+    return _new_tuple(
+        FieldWrites,
+        (ctx is not UNSET, ctx_text, step is not UNSET, step_val, err is not UNSET, err_text),
     )
 
 
