@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only this part (repeatable): {', '.join([*op_names, *SUITES])}",
     )
     parser.add_argument(
+        "--reads",
+        type=int,
+        help="calls per side and concurrency of the history, list and page reads"
+        " (default 12000; quick 200)",
+    )
+    parser.add_argument(
         "--list-rows",
         type=int,
         help="rows in the list_runs table (default 1,000,000; quick 100,000)",
@@ -100,6 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--concurrency takes positive integers, e.g. 1,16")
     args.runs = args.runs or (300 if args.quick else 12000)
     args.rounds = args.rounds or (3 if args.quick else 20)
+    args.reads = args.reads or (200 if args.quick else 12000)
     args.list_rows = args.list_rows or (100_000 if args.quick else 1_000_000)
     args.prune_rows = args.prune_rows or (10_000 if args.quick else 100_000)
     return args
@@ -116,6 +123,7 @@ async def main(args: argparse.Namespace) -> int:
             "rounds": args.rounds,
             "concurrency": args.concurrencies,
             "only": args.only,
+            "reads": args.reads,
             "list_rows": args.list_rows,
             "prune_rows": args.prune_rows,
             "pool_size": h.POOL_SIZE,
@@ -137,9 +145,7 @@ async def main(args: argparse.Namespace) -> int:
             return 0
 
         selected = set(args.only or [])
-        # Calls per side and concurrency of the read benchmarks (history,
-        # list, paging), in args.rounds rounds.
-        reads = 200 if args.quick else 6000
+        reads = args.reads
         benches = [b for b in bench_ops.operations() if not selected or b.name in selected]
         if benches:
             async with h.fresh_database(admin_dsn, "ops") as dsn:
