@@ -61,6 +61,8 @@ def json_problem(value: object, path: str = "$") -> str | None:
     characters, non-string keys, nesting deeper than ``MAX_DEPTH``, and ints
     of more than ``MAX_INT_DIGITS`` digits (which could not be read back).
     """
+    if _plainly_fine(value):  # a payload field's str or number: no walk
+        return None
     return _problem(value, path, 0)
 
 

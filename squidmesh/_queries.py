@@ -198,34 +198,52 @@ async def write_value(
     again inside an explicit READ COMMITTED transaction, where it behaves as
     documented. Three more round trips, on that path only.
     """
-    return await _write(ex, "fetchval", query, args, subject)
+    # The statement is sent from here, not from a shared helper: on the hot
+    # writes every coroutine layer shows at 16 connections. Failures go to
+    # _write_failed, which retries or translates.
+    try:
+        return await ex.fetchval(query, *args)
+    except Exception as exc:
+        return await _write_failed(exc, ex, "fetchval", query, args, subject)
 
 
 async def write_row(
     ex: Executor, query: LiteralString, *args: object, subject: object = None
 ) -> asyncpg.Record | None:
     """``write_value`` for a statement whose whole first row the caller reads."""
-    row: asyncpg.Record | None = await _write(ex, "fetchrow", query, args, subject)
-    return row
+    try:
+        return await ex.fetchrow(query, *args)
+    except Exception as exc:
+        row: asyncpg.Record | None = await _write_failed(exc, ex, "fetchrow", query, args, subject)
+        return row
 
 
 async def write_rows(
     ex: Executor, query: LiteralString, *args: object, subject: object = None
 ) -> list[asyncpg.Record]:
     """``write_value`` for a statement whose every row the caller reads."""
-    found: list[asyncpg.Record] = await _write(ex, "fetch", query, args, subject)
-    return found
-
-
-async def _write(
-    ex: Executor, method: str, query: LiteralString, args: tuple[object, ...], subject: object
-) -> Any:
     try:
-        try:
-            return await getattr(ex, method)(query, *args)
-        except asyncpg.SerializationError:
-            if _in_transaction(ex):
-                raise  # the caller's transaction is lost either way: theirs to retry
+        return await ex.fetch(query, *args)
+    except Exception as exc:
+        found: list[asyncpg.Record] = await _write_failed(exc, ex, "fetch", query, args, subject)
+        return found
+
+
+async def _write_failed(
+    failure: Exception,
+    ex: Executor,
+    method: str,
+    query: LiteralString,
+    args: tuple[object, ...],
+    subject: object,
+) -> Any:
+    """What a write statement that raised ``failure`` comes to: its retry at
+    READ COMMITTED (a serialization failure outside a transaction), or the
+    error squidmesh raises for it."""
+    try:
+        if not isinstance(failure, asyncpg.SerializationError) or _in_transaction(ex):
+            # (In a transaction the caller's is lost either way: theirs to retry.)
+            raise failure
         async with _read_committed(ex) as conn:
             return await getattr(conn, method)(query, *args)
     except _DB_ERRORS as exc:

@@ -140,11 +140,11 @@ class RunOps:
         # a connection: the common case is one pool call, like raw asyncpg's.
         if self._server.returning_old or await self._fast_paths():
             row = await _queries.write_row(
-                pool, SQL.transition_run_fast, uid, to.value, *writes, sources, expected
+                pool, SQL.transition_run_fast, uid, to, *writes, sources, expected
             )
         if row is None:
             row = await _queries.write_row(
-                pool, SQL.transition_run, uid, to.value, *writes, sources, expected
+                pool, SQL.transition_run, uid, to, *writes, sources, expected
             )
         if row is None:
             raise RunNotFound(run_id)
