@@ -134,10 +134,14 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def encode(value: object) -> str:
-    """Encode an already-checked JSON value to the text a ``::text::jsonb`` parameter takes."""
+def encode(value: object, *, floats: bool = True) -> str:
+    """Encode an already-checked JSON value to the text a ``::text::jsonb`` parameter takes.
+
+    ``floats=False``: the caller knows ``value`` holds no float (a payload
+    of a trigger whose fields cannot), so the look for exponents is skipped.
+    """
     data = _encoder.encode(value)
-    if _POSITIVE_EXPONENT.search(data):
+    if floats and _POSITIVE_EXPONENT.search(data):
         # jsonb stores numbers as numeric, whose text form writes every digit
         # and no exponent: 1e300 would come back as a 301-digit int, which is
         # not equal to the float. Written out in full with ".0", the number

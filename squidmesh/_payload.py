@@ -83,7 +83,11 @@ def build_payload(
                 else:
                     assert kind == DEFAULT_NOW
                     value = stamp.isoformat(timespec="microseconds")
-        # Defaults are checked too: a factory may return anything.
+        # Defaults are checked too: a factory may return anything. A plain
+        # str is decided here, without the calls (the most common value).
+        if type(value) is str and field._takes_str and value.isascii() and "\x00" not in value:
+            result[name] = value
+            continue
         problem = field.value_problem(value)
         if problem is not None:
             if invalid is None:

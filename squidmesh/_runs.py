@@ -70,7 +70,7 @@ class RunOps:
         """
         wf = self._registry.resolve(workflow)
         trig = wf.trigger(trigger)
-        text = _codec.encode(build_payload(trig, payload))
+        text = _codec.encode(build_payload(trig, payload), floats=not trig._no_floats)
         if idempotency_key is None:
             inserted = await _queries.write_row(
                 ex, SQL.insert_run, uuid7(), wf.name, trig.name, text, wf.entry_step, None

@@ -247,7 +247,12 @@ class RunStore:
             IdempotencyConflict: the key was used with another trigger or payload.
             InvalidArgument: the key is not a str of 1 to 255 storable characters.
         """
-        run, _ = await self._create(workflow, payload, trigger, idempotency_key)
+        # _create's body, inlined: one coroutine layer less on the hot path.
+        run, created = await self._runs.insert(
+            self._pool, workflow, payload, trigger, idempotency_key
+        )
+        if created and self._bus.wanted:
+            await self._bus.emit((RunCreated(run=run),))
         return run
 
     async def _create(

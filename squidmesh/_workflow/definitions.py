@@ -50,6 +50,8 @@ FIELD_TYPES: Final[tuple[type, ...]] = (str, int, float, bool, dict, list)
 # Exact runtime types a field accepts. Exact (not isinstance) because bool is
 # an int subclass that must not pass for int, and because json_problem refuses
 # subclasses such as enums anyway: better to say "expected str, got Color".
+# The types whose JSON never holds a float.
+_FLOATLESS: Final = frozenset({str, int, bool, type(None)})
 _ACCEPTED: Final[dict[type, frozenset[type]]] = {
     str: frozenset({str}),
     int: frozenset({int}),
@@ -240,6 +242,7 @@ class Field(Definition):
     _accepts: frozenset[builtins.type] = dataclasses.field(init=False, compare=False)
     _path: str = dataclasses.field(init=False, compare=False)
     _shallow: bool = dataclasses.field(init=False, compare=False)
+    _takes_str: bool = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         kind = _default_kind(self.default)
@@ -258,6 +261,7 @@ class Field(Definition):
         # the deep JSON check is skipped for it on the hot path. An int can be
         # too big to store.
         _set(self, "_shallow", self.type is bool)
+        _set(self, "_takes_str", str in accepts)
 
     @property
     def has_default(self) -> bool:
@@ -324,6 +328,9 @@ class Trigger(Definition):
     catch_up: int = dataclasses.field(default=1, hash=False)
     _by_name: dict[str, Field] = dataclasses.field(init=False, compare=False)
     _fields: tuple[Field, ...] = dataclasses.field(init=False, compare=False)
+    # No field takes a float, a dict or a list, so no valid payload of this
+    # trigger holds a float: its encoding needs no look for exponent forms.
+    _no_floats: bool = dataclasses.field(init=False, compare=False)
 
     def __init__(
         self,
@@ -347,6 +354,7 @@ class Trigger(Definition):
         _set(self, "catch_up", catch_up)
         _set(self, "_by_name", by_name)
         _set(self, "_fields", tuple(by_name.values()))
+        _set(self, "_no_floats", all(f._accepts <= _FLOATLESS for f in by_name.values()))
 
     def field(self, name: str) -> Field | None:
         """Return the declared field called ``name``, or None."""

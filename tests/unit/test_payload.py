@@ -166,6 +166,9 @@ def test_subclasses_are_not_the_declared_type() -> None:
         ("f", float("nan"), "$.f: nan is not a finite number"),
         ("f", float("inf"), "$.f: inf is not a finite number"),
         ("s", "a\x00b", "$.s: string contains a NUL character"),
+        ("s", "\x00", "$.s: string contains a NUL character"),
+        ("s", "é\x00", "$.s: string contains a NUL character"),
+        ("s", "caf\udce9", "$.s: string contains a lone surrogate"),
         ("l", [1, {2, 3}], "$.l[1]: set is not a JSON value"),
         ("l", [(1, 2)], "$.l[0]: tuple is not a JSON value"),
         ("d", {"k": float("-inf")}, "$.d.k: -inf is not a finite number"),
@@ -381,3 +384,27 @@ def test_complete_payload_returns_equal_new_dict() -> None:
     result = build_payload(TYPED, payload)
     assert result == payload
     assert result is not payload
+
+
+@pytest.mark.parametrize("value", ["plain", "", "café", "\U0001f600 emoji"])
+def test_storable_strings_are_taken_as_given(value: str) -> None:
+    assert build_payload(TYPED, {**GOOD_TYPED, "s": value})["s"] is value
+
+
+@pytest.mark.parametrize(
+    ("types", "no_floats"),
+    [
+        ((), True),
+        ((str, int, bool), True),
+        ((str, float), False),
+        ((str, dict), False),
+        ((list,), False),
+    ],
+)
+def test_a_trigger_knows_whether_its_payloads_can_hold_a_float(
+    types: tuple[type, ...], no_floats: bool
+) -> None:
+    # A payload of a trigger whose fields cannot hold a float is encoded
+    # without the look for exponents (1e300 must stay a float in jsonb).
+    trigger = Trigger("t", [Field(f"f{i}", t, required=False) for i, t in enumerate(types)])
+    assert trigger._no_floats is no_floats
