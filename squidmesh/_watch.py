@@ -183,9 +183,9 @@ class Watcher:
     def observe(self, events: Iterable[object]) -> None:
         """Runs this store just changed (after commit): their waiters get them
         now, and the feed is read soon for the consumers."""
+        if not self.watching():
+            return
         if self._task is None:
-            if self._listen_dsn is None or self._closed:
-                return
             # A store with a listen_dsn also tells other processes: its
             # watcher makes the tick whose NOTIFY wakes their waiters.
             self._ensure_started()
