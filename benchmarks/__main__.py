@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m benchmarks                      # the full suite (a few minutes)
+    python -m benchmarks                      # the full suite (10-12 minutes on 2 cores)
     python -m benchmarks --quick              # under a minute
     python -m benchmarks --only transition_run --concurrency 16 --runs 20000
     python -m benchmarks --profile transition_run
